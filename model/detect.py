@@ -1,0 +1,127 @@
+"""Find faces in RGB frames with dlib's frontal (HOG) detector and 5-point landmarks.
+
+Boxes everywhere in this project are int [left, top, right, bottom] in pixels of
+the frame that was passed in, clipped to it. dlib types stay inside this module
+and `align.py`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face.
+
+    box: int32 [4] = left, top, right, bottom (frame pixels, clipped).
+    landmarks: float32 [5, 2] = (x, y) of dlib's 5 points (eye corners, nose base).
+    score: detector confidence; larger is surer. Faces placed by `centre_face` get -inf.
+    """
+
+    box: NDArray[np.int32]
+    landmarks: NDArray[np.float32]
+    score: float
+
+    @property
+    def width(self) -> int:
+        return int(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.box[3] - self.box[1])
+
+
+class FaceDetector:
+    """dlib's HOG frontal detector plus the 5-point shape predictor.
+
+    Cost on a 640x480 frame on one core: about 31 ms at upsample 0 and 128 ms at
+    upsample 1 (HOG), plus about 1 ms per face for landmarks.
+    """
+
+    def __init__(self, predictor_path: str | None = None):
+        self._predictor_path = predictor_path
+        self._detector = None
+        self._predictor = None
+        self._lock = threading.Lock()
+
+    def load(self) -> "FaceDetector":
+        """Load the detector and predictor once; later calls do nothing."""
+        with self._lock:
+            if self._detector is None:
+                import dlib
+
+                path = self._predictor_path
+                if path is None:
+                    import face_recognition_models
+
+                    path = face_recognition_models.pose_predictor_five_point_model_location()
+                self._predictor = dlib.shape_predictor(path)
+                self._detector = dlib.get_frontal_face_detector()
+        return self
+
+    def detect(self, frame: NDArray[np.uint8], *, upsample: int = 0, max_side: int | None = None) -> list[Face]:
+        """Find the frontal faces in a frame.
+
+        :param frame: uint8 [H, W, 3] RGB.
+        :param upsample: 0 for live frames; 1 finds faces down to about 40 px at 4x the cost.
+        :param max_side: when the longer side exceeds it, detect on a scaled-down copy;
+            boxes and landmarks are still in the original frame's pixels.
+        :return: faces sorted by area, largest first.
+        """
+        self.load()
+        height, width = frame.shape[:2]
+        scale = 1.0
+        small = frame
+        if max_side and max(height, width) > max_side:
+            scale = max_side / max(height, width)
+            small = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        rects, scores, _ = self._detector.run(small, upsample, 0.0)
+        boxes = [np.array([r.left(), r.top(), r.right(), r.bottom()], dtype=np.float64) / scale for r in rects]
+        faces = [self._face_at(frame, box, score) for box, score in zip(boxes, scores)]
+        faces = [face for face in faces if face.width > 0 and face.height > 0]
+        return sorted(faces, key=lambda face: face.width * face.height, reverse=True)
+
+    def centre_face(self, frame: NDArray[np.uint8], *, fraction: float = 0.45) -> Face:
+        """Assume one face in the middle of a loosely cropped portrait (LFW-style).
+
+        Used only when the caller knows the photo holds a centred face that HOG
+        missed (profile, occlusion); landmarks are still fitted to the pixels.
+        """
+        self.load()
+        height, width = frame.shape[:2]
+        side = fraction * min(height, width)
+        cx, cy = width / 2, height / 2
+        box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+        return self._face_at(frame, box, float("-inf"))
+
+    def _face_at(self, frame: NDArray[np.uint8], box: NDArray[np.float64], score: float) -> Face:
+        import dlib
+
+        height, width = frame.shape[:2]
+        left, top, right, bottom = (int(round(v)) for v in box)
+        shape = self._predictor(frame, dlib.rectangle(left, top, right, bottom))
+        landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+        clipped = np.array(
+            [max(0, left), max(0, top), min(width, right), min(height, bottom)], dtype=np.int32
+        )
+        return Face(box=clipped, landmarks=landmarks, score=float(score))
+
+
+def face_nearest_centre(faces: list[Face], frame_shape: tuple[int, ...]) -> Face | None:
+    """Pick the face whose box centre is closest to the frame centre (None for no faces)."""
+    if not faces:
+        return None
+    height, width = frame_shape[:2]
+    centre = np.array([width / 2, height / 2])
+
+    def distance(face: Face) -> float:
+        box_centre = np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2])
+        return float(np.linalg.norm(box_centre - centre))
+
+    return min(faces, key=distance)

@@ -1,0 +1,150 @@
+"""The recognition pipeline: detect, align, embed (backbone + head), match.
+
+`Recognizer` ties the parts together for the web app, the evaluation tool and
+the benchmarks; each step is also a public method so callers can cache
+between them (the app stores backbone features per photo so a new head can be
+applied without re-reading photos).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model.align import face_chips, mirrored
+from model.backbones import Backbone, get_backbone, l2_normalise
+from model.detect import Face, FaceDetector, face_nearest_centre
+from model.gallery import Gallery, Match
+from model.head import Head, load_head
+
+# Cosine similarity at which dlib-resnet (identity head) accepts a match. Chosen
+# on ../shared/faces/celeba for a false-accept rate of 1e-3 (see README).
+DEFAULT_THRESHOLD = 0.78
+# Enrollment photos: faces smaller than this (box side, pixels) are refused.
+DEFAULT_MIN_FACE = 60
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """A face found in a frame and who it is."""
+
+    face: Face
+    match: Match
+
+
+class EnrollmentRejected(ValueError):
+    """A photo cannot be enrolled; the message is shown to the user as is."""
+
+
+class Recognizer:
+    """detect -> align -> embed -> match, with one backbone and its head.
+
+    :param backbone: a Backbone instance or name (default 'dlib-resnet').
+    :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
+    :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
+    :param flip: also embed the mirrored chip and average (about 2x embedding cost).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone | str = "dlib-resnet",
+        head: Head | None = None,
+        detector: FaceDetector | None = None,
+        threshold: float | None = None,
+        flip: bool = False,
+    ):
+        self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.detector = detector or FaceDetector()
+        self.head = head
+        self._threshold = threshold
+        self.flip = flip
+
+    @property
+    def threshold(self) -> float:
+        if self._threshold is not None:
+            return self._threshold
+        if self.head is not None and self.head.threshold is not None:
+            return float(self.head.threshold)
+        return DEFAULT_THRESHOLD
+
+    def load(self) -> "Recognizer":
+        """Load detector, backbone and head (idempotent). Raises BackboneUnavailable/HeadUnavailable."""
+        self.detector.load()
+        self.backbone.load()
+        if self.head is None:
+            self.head = load_head(self.backbone.name, self.backbone.dim)
+        return self
+
+    def set_head(self, head: Head) -> None:
+        """Swap in a new head (one assignment, so concurrent frames see old or new, never half)."""
+        self.head = head
+
+    # --- the steps -------------------------------------------------------------
+
+    def find_faces(self, frame: NDArray[np.uint8], *, upsample: int = 0, max_side: int | None = None) -> list[Face]:
+        """Faces in an RGB uint8 frame, largest first; see FaceDetector.detect."""
+        return self.detector.detect(frame, upsample=upsample, max_side=max_side)
+
+    def features(self, frame: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.float32]:
+        """Backbone features of the given faces: float32 [N, backbone.dim], unit rows.
+
+        With flip on, the features of the chip and its mirror image are averaged.
+        """
+        self.load()
+        chips = face_chips(frame, faces, size=self.backbone.chip_size, padding=self.backbone.chip_padding)
+        feats = self.backbone.embed(chips)
+        if self.flip and len(chips):
+            feats = l2_normalise(feats + self.backbone.embed(mirrored(chips)))
+        return feats
+
+    def embed(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Backbone features -> float32 [N, 128] embeddings through the head."""
+        self.load()
+        return self.head(features)
+
+    def embed_faces(self, frame: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.float32]:
+        """float32 [N, 128] embeddings of the given faces."""
+        return self.embed(self.features(frame, faces))
+
+    # --- whole tasks -------------------------------------------------------------
+
+    def recognize_frame(
+        self, frame: NDArray[np.uint8], gallery: Gallery, *, upsample: int = 0, max_side: int | None = None
+    ) -> list[Recognition]:
+        """Everyone in one frame: detect, align, embed in one batch, match."""
+        faces = self.find_faces(frame, upsample=upsample, max_side=max_side)
+        if not faces:
+            return []
+        matches = gallery.match(self.embed_faces(frame, faces), self.threshold)
+        return [Recognition(face, match) for face, match in zip(faces, matches)]
+
+    def enrollment_faces(
+        self, photo: NDArray[np.uint8], *, min_face: int = DEFAULT_MIN_FACE, max_side: int = 1600
+    ) -> list[Face]:
+        """Faces in an enrollment photo (upsample 1, so smaller faces are found), largest first.
+
+        :raises EnrollmentRejected: no face, or every face smaller than min_face pixels.
+        """
+        faces = self.find_faces(photo, upsample=1, max_side=max_side)
+        if not faces:
+            raise EnrollmentRejected("no face found")
+        big = [face for face in faces if min(face.width, face.height) >= min_face]
+        if not big:
+            raise EnrollmentRejected(
+                f"face too small ({faces[0].width}x{faces[0].height} px; at least {min_face} px needed)"
+            )
+        return big
+
+    def portrait_face(self, photo: NDArray[np.uint8]) -> tuple[Face, bool]:
+        """The face of a loosely cropped portrait (LFW/CelebA style), for evaluation.
+
+        Tries upsample 1, then 2; when HOG still finds nothing, assumes a centred
+        face. Returns (face, detected) where detected is False for that fallback.
+        """
+        for upsample in (1, 2):
+            face = face_nearest_centre(self.find_faces(photo, upsample=upsample), photo.shape)
+            if face is not None:
+                return face, True
+        return self.detector.centre_face(photo), False
