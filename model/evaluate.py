@@ -247,11 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
     p_pairs.add_argument("--images", type=Path, required=True)
     p_pairs.add_argument("--out", type=Path, required=True)
     p_pairs.add_argument("--seed", type=int, default=0)
+    p_pairs.add_argument("--folds", type=int, default=10)
     p_pairs.add_argument("--per-fold", type=int, default=300, help="same (and different) pairs per fold")
     args = parser.parse_args(argv)
 
     if args.command == "make-pairs":
-        text = make_pairs(args.images, args.seed, per_kind=args.per_fold)
+        text = make_pairs(args.images, args.seed, n_folds=args.folds, per_kind=args.per_fold)
         args.out.write_text(text)
         result = {"pairs": len(text.splitlines()) - 1, "out": str(args.out), "seed": args.seed}
     else:

@@ -1,0 +1,114 @@
+"""Detection, alignment, embedding and matching on real photos (dlib-resnet, identity head)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.align import face_chips
+from model.gallery import Gallery
+from model.images import load_image
+from model.recognizer import EnrollmentRejected
+
+
+def photo(celeba_dir, person: str, index: int):
+    return load_image(celeba_dir / person / f"{person}_{index:04d}.jpg")
+
+
+def test_two_people_are_found_left_and_right(recognizer, samples_dir):
+    image = load_image(samples_dir / "two_people.jpg")
+    faces = recognizer.find_faces(image, upsample=1)
+    assert len(faces) == 2
+    left, right = sorted(faces, key=lambda f: f.box[0])
+    assert left.box[2] <= 250 <= right.box[0]
+    for face in faces:
+        assert face.box.dtype == np.int32 and face.landmarks.shape == (5, 2)
+        assert 0 <= face.box[0] < face.box[2] <= image.shape[1]
+        assert 0 <= face.box[1] < face.box[3] <= image.shape[0]
+
+
+def test_no_face_and_partial_face_give_nothing(recognizer, samples_dir):
+    assert recognizer.find_faces(load_image(samples_dir / "no_face.jpg"), upsample=1) == []
+    assert recognizer.find_faces(load_image(samples_dir / "partial_face.jpg"), upsample=0) == []
+
+
+def test_tiny_face_needs_upsampling(recognizer, samples_dir):
+    tiny = load_image(samples_dir / "tiny_face.jpg")
+    assert recognizer.find_faces(tiny, upsample=0) == []
+    with pytest.raises(EnrollmentRejected):
+        recognizer.enrollment_faces(tiny)
+
+
+def test_scaled_down_detection_maps_boxes_back(recognizer, samples_dir):
+    image = load_image(samples_dir / "two_people.jpg")
+    big = np.repeat(np.repeat(image, 4, axis=0), 4, axis=1)  # 2000x1000
+    full = sorted(recognizer.find_faces(big, upsample=0), key=lambda f: f.box[0])
+    small = sorted(recognizer.find_faces(big, upsample=0, max_side=500), key=lambda f: f.box[0])
+    assert len(full) == len(small) == 2
+    for a, b in zip(full, small):
+        assert np.abs(a.box - b.box).max() < 0.15 * a.width
+
+
+def test_enrollment_rejects_no_face(recognizer, samples_dir):
+    with pytest.raises(EnrollmentRejected, match="no face"):
+        recognizer.enrollment_faces(load_image(samples_dir / "no_face.jpg"))
+
+
+def test_chips_have_the_backbone_size(recognizer, samples_dir):
+    image = load_image(samples_dir / "single_person.jpg")
+    faces = recognizer.find_faces(image, upsample=1)
+    chips = face_chips(image, faces, size=150, padding=0.25)
+    assert chips.shape == (1, 150, 150, 3) and chips.dtype == np.uint8
+    assert face_chips(image, [], size=150, padding=0.25).shape == (0, 150, 150, 3)
+
+
+def test_embeddings_are_unit_vectors_and_empty_batches_work(recognizer, samples_dir):
+    image = load_image(samples_dir / "single_person.jpg")
+    faces = recognizer.find_faces(image, upsample=1)
+    embeddings = recognizer.embed_faces(image, faces)
+    assert embeddings.shape == (1, 128) and embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert recognizer.embed_faces(image, []).shape == (0, 128)
+
+
+def test_samples_are_recognised(recognizer, celeba_dir, samples_dir):
+    gallery = Gallery()
+    for person_id, person in enumerate(["celeb_7201", "celeb_7205"]):
+        for index in (6, 7, 8):
+            image = photo(celeba_dir, person, index)
+            face, _ = recognizer.portrait_face(image)
+            gallery.add(person_id * 10 + index, person_id, recognizer.embed_faces(image, [face])[0])
+
+    def names(sample: str) -> list[int | None]:
+        results = recognizer.recognize_frame(load_image(samples_dir / sample), gallery, upsample=1)
+        return [r.match.person_id for r in sorted(results, key=lambda r: r.face.box[0])]
+
+    assert names("single_person.jpg") == [0]
+    assert names("two_people.jpg") == [0, 1]
+    assert names("rgba_face.png") == [1]
+    assert names("grayscale_face.jpg") == [0]
+    assert names("no_face.jpg") == []
+
+
+def test_stranger_is_unknown(recognizer, celeba_dir):
+    gallery = Gallery()
+    image = photo(celeba_dir, "celeb_7201", 6)
+    face, _ = recognizer.portrait_face(image)
+    gallery.add(1, 7201, recognizer.embed_faces(image, [face])[0])
+    people = sorted(p.name for p in celeba_dir.iterdir() if p.name != "celeb_7201")[:5]
+    strangers = [load_image(next((celeba_dir / p).iterdir())) for p in people]
+    unknown = 0
+    for stranger in strangers:
+        results = recognizer.recognize_frame(stranger, gallery, upsample=1)
+        unknown += all(r.match.person_id is None for r in results)
+    assert unknown >= 4
+
+
+def test_flip_averaging_keeps_unit_length(samples_dir):
+    from model.recognizer import Recognizer
+
+    flipping = Recognizer(flip=True)
+    image = load_image(samples_dir / "single_person.jpg")
+    faces = flipping.find_faces(image, upsample=1)
+    embeddings = flipping.embed_faces(image, faces)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
