@@ -4,7 +4,7 @@
     python -m model.evaluate identify --images DIR --enroll K
     python -m model.evaluate make-pairs --images DIR --out FILE --seed S
 
-Common options: --backbone NAME, --head FILE, --flip. Progress goes to stderr;
+Common options: --backbone NAME, --head FILE, --flip, --cache FILE.npz. Progress goes to stderr;
 the last line of stdout is one JSON object.
 
 Photos where HOG finds no face even at upsample 2 are embedded from an assumed
@@ -132,11 +132,22 @@ class Embedded:
     seconds: float
 
 
-def embed_portraits(recognizer: Recognizer, paths: list[Path]) -> Embedded:
-    """Embed the face of each portrait once (see `Recognizer.portrait_face`)."""
-    vectors, no_face, unreadable = {}, 0, 0
+def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | None = None) -> Embedded:
+    """Embed the face of each portrait once (see `Recognizer.portrait_face`).
+
+    With `cache`, backbone features are kept in that .npz between runs (keyed by
+    path and backbone), so scoring another head or threshold skips detection.
+    """
+    tag = recognizer.backbone.name + ("+flip" if recognizer.flip else "")
+    cached = _read_cache(cache, tag)
+    features, no_face, unreadable = {}, 0, 0
     start = time.perf_counter()
     for path in tqdm(sorted(set(paths)), desc="embedding", unit="img", file=sys.stderr):
+        key = str(Path(path).resolve())
+        if key in cached:
+            features[path], detected = cached[key]
+            no_face += not detected
+            continue
         try:
             photo = load_image(path)
         except ImageError as exc:
@@ -145,8 +156,34 @@ def embed_portraits(recognizer: Recognizer, paths: list[Path]) -> Embedded:
             continue
         face, detected = recognizer.portrait_face(photo)
         no_face += not detected
-        vectors[path] = recognizer.embed_faces(photo, [face])[0]
-    return Embedded(vectors, no_face, unreadable, time.perf_counter() - start)
+        features[path] = recognizer.features(photo, [face])[0]
+        cached[key] = (features[path], detected)
+    seconds = time.perf_counter() - start
+    if cache:
+        _write_cache(cache, tag, cached)
+    found = list(features)
+    vectors = recognizer.embed(np.stack([features[p] for p in found])) if found else []
+    return Embedded(dict(zip(found, vectors)), no_face, unreadable, seconds)
+
+
+def _read_cache(cache: Path | None, tag: str) -> dict:
+    if not cache or not Path(cache).exists():
+        return {}
+    with np.load(cache, allow_pickle=False) as data:
+        if str(data["backbone"]) != tag:
+            return {}
+        return {k: (f, bool(d)) for k, f, d in zip(data["paths"].tolist(), data["features"], data["detected"])}
+
+
+def _write_cache(cache: Path, tag: str, cached: dict) -> None:
+    keys = sorted(cached)
+    np.savez(
+        cache,
+        backbone=tag,
+        paths=np.array(keys),
+        features=np.stack([cached[k][0] for k in keys]),
+        detected=np.array([cached[k][1] for k in keys]),
+    )
 
 
 def _similarity(embedded: Embedded, a: Path, b: Path) -> float:
@@ -158,9 +195,9 @@ def _similarity(embedded: Embedded, a: Path, b: Path) -> float:
 # --- subcommands ---------------------------------------------------------------------
 
 
-def verify(recognizer: Recognizer, images: Path, pairs_file: Path) -> dict:
+def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path | None = None) -> dict:
     pairs = read_pairs(pairs_file, images)
-    embedded = embed_portraits(recognizer, pairs.left + pairs.right)
+    embedded = embed_portraits(recognizer, pairs.left + pairs.right, cache)
     scores = np.array([_similarity(embedded, a, b) for a, b in zip(pairs.left, pairs.right)])
     accuracies = metrics.kfold_accuracy(scores, pairs.same, pairs.folds)
     genuine, impostor = scores[pairs.same], scores[~pairs.same]
@@ -176,13 +213,13 @@ def verify(recognizer: Recognizer, images: Path, pairs_file: Path) -> dict:
     }
 
 
-def identify(recognizer: Recognizer, images: Path, enroll: int) -> dict:
+def identify(recognizer: Recognizer, images: Path, enroll: int, cache: Path | None = None) -> dict:
     people = people_photos(images)
     enrolled = {name: photos[:enroll] for name, photos in people.items() if len(photos) > enroll}
     mated = [(name, p) for name, photos in enrolled.items() for p in people[name][enroll:]]
     non_mated = [p for name, photos in people.items() if name not in enrolled for p in photos]
     all_paths = [p for photos in enrolled.values() for p in photos] + [p for _, p in mated] + non_mated
-    embedded = embed_portraits(recognizer, all_paths)
+    embedded = embed_portraits(recognizer, all_paths, cache)
 
     gallery = Gallery(dim=128)
     person_id = {name: i for i, name in enumerate(enrolled)}
@@ -238,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     common.add_argument("--backbone", default="dlib-resnet", help="dlib-resnet (default) or vgg16-face")
     common.add_argument("--head", type=Path, default=None, help="head file (default: the one the app uses)")
     common.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    common.add_argument("--cache", type=Path, default=None, help=".npz file keeping backbone features between runs")
     sub = parser.add_subparsers(dest="command", required=True)
     p_verify = sub.add_parser("verify", parents=[common], help="LFW 10-fold verification")
     p_verify.add_argument("--pairs", type=Path, required=True)
@@ -258,9 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         recognizer = _recognizer(args)
         if args.command == "verify":
-            result = verify(recognizer, args.images, args.pairs)
+            result = verify(recognizer, args.images, args.pairs, args.cache)
         else:
-            result = identify(recognizer, args.images, args.enroll)
+            result = identify(recognizer, args.images, args.enroll, args.cache)
         result.update(backbone=recognizer.backbone.name, flip=args.flip)
     print(json.dumps(result))
     return result

@@ -46,8 +46,15 @@ def test_make_pairs_writes_the_lfw_format(small_set, tmp_path, capsys):
 def test_verify_reports_the_protocol_keys(small_set, tmp_path, capsys):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(evaluate.make_pairs(small_set, seed=1, n_folds=2, per_kind=5))
-    result = evaluate.main(["verify", "--images", str(small_set), "--pairs", str(pairs)])
+    cache = tmp_path / "features.npz"
+    args = ["verify", "--images", str(small_set), "--pairs", str(pairs), "--cache", str(cache)]
+    result = evaluate.main(args)
     assert last_json(capsys) == result
+    assert cache.exists()
+    again = evaluate.main(args)  # from the cache: same scores
+    assert {k: again[k] for k in ("accuracy", "tar_at_far_1e-3", "no_face")} == {
+        k: result[k] for k in ("accuracy", "tar_at_far_1e-3", "no_face")
+    }
     for key in ("accuracy", "accuracy_std", "tar_at_far_1e-3", "pairs", "no_face", "ms_per_image"):
         assert key in result
     assert result["pairs"] == 20
