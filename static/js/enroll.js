@@ -1,0 +1,261 @@
+// Add person / add photos: webcam shots and chosen or dropped files in one list,
+// posted with fetch; each photo's outcome is shown, and where a photo held several
+// faces the user clicks the right one and sends it again.
+// Everything user-given is put in the page with textContent, never as HTML.
+(function () {
+  "use strict";
+
+  const form = document.getElementById("enroll-form");
+  if (!form) return;
+
+  const byId = (id) => document.getElementById(id);
+  const video = byId("camera-preview");
+  const startButton = byId("camera-start");
+  const shotButton = byId("camera-shot");
+  const stopButton = byId("camera-stop");
+  const cameraMessage = form.querySelector("[data-camera-message]");
+  const fileInput = byId("photo-files");
+  const dropzone = byId("dropzone");
+  const pendingList = byId("pending");
+  const results = byId("results");
+  const submitButton = byId("enroll-submit");
+  const busy = byId("enroll-busy");
+  const nameInput = form.querySelector("#name");
+
+  const SHOT_QUALITY = 0.92;
+  // Each item: {file, url, reason, faces: [[l, t, r, b]], size: [w, h], face: index or null}
+  let pending = [];
+  let stream = null;
+  let shots = 0;
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  // --- the list of photos to send ---------------------------------------------
+
+  function addFiles(files) {
+    for (const file of files) {
+      pending.push({ file, url: URL.createObjectURL(file), reason: null, faces: [], size: null, face: null });
+    }
+    renderPending();
+  }
+
+  function removeItem(item) {
+    URL.revokeObjectURL(item.url);
+    pending = pending.filter((other) => other !== item);
+    renderPending();
+  }
+
+  function faceButtons(item) {
+    if (!item.faces.length || !item.size) return [];
+    const [width, height] = item.size;
+    return item.faces.map(([left, top, right, bottom], index) => {
+      const button = el("button", {
+        type: "button",
+        class: "face-box" + (item.face === index ? " chosen" : ""),
+        "aria-label": `Use face ${index + 1}`,
+        "aria-pressed": String(item.face === index),
+        style: `left:${(100 * left) / width}%;top:${(100 * top) / height}%;` +
+          `width:${(100 * (right - left)) / width}%;height:${(100 * (bottom - top)) / height}%`,
+        text: String(index + 1),
+      });
+      button.addEventListener("click", () => {
+        item.face = index;
+        renderPending();
+      });
+      return button;
+    });
+  }
+
+  function renderPending() {
+    pendingList.replaceChildren(
+      ...pending.map((item) => {
+        const picking = item.faces.length > 0;
+        let status = null;
+        if (picking && item.face !== null) {
+          status = el("span", { class: "status", text: `face ${item.face + 1} chosen; press the button below to send it` });
+        } else if (picking) {
+          status = el("span", { class: "status rejected", text: `${item.reason}: click the right face` });
+        } else if (item.reason) {
+          status = el("span", { class: "status rejected", text: `rejected: ${item.reason}` });
+        }
+        const remove = el("button", { type: "button", class: "small remove", text: "Remove" });
+        remove.addEventListener("click", () => removeItem(item));
+        return el(
+          "li",
+          { class: "pending-item" + (picking ? " pick" : "") + (item.reason ? " rejected" : "") },
+          el("div", { class: "frame" }, el("img", { src: item.url, alt: item.file.name }), ...faceButtons(item)),
+          el("span", { class: "file", text: item.file.name }),
+          status,
+          remove,
+        );
+      }),
+    );
+  }
+
+  fileInput.addEventListener("change", () => {
+    addFiles(fileInput.files);
+    fileInput.value = "";
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    dropzone.addEventListener(type, (event) => {
+      event.preventDefault();
+      dropzone.classList.add("over");
+    });
+  }
+  dropzone.addEventListener("dragleave", () => dropzone.classList.remove("over"));
+  dropzone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropzone.classList.remove("over");
+    addFiles(event.dataTransfer.files);
+  });
+
+  // --- the webcam -------------------------------------------------------------
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      cameraMessage.textContent = "The camera needs a secure page: open the app on localhost or over https.";
+      return;
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 } }, audio: false });
+    } catch (error) {
+      cameraMessage.textContent = `No camera: ${error.message || error.name}`;
+      return;
+    }
+    video.srcObject = stream;
+    video.hidden = false;
+    cameraMessage.hidden = true;
+    shotButton.disabled = false;
+    startButton.hidden = true;
+    stopButton.hidden = false;
+  }
+
+  function stopCamera() {
+    if (stream) stream.getTracks().forEach((track) => track.stop());
+    stream = null;
+    video.srcObject = null;
+    video.hidden = true;
+    cameraMessage.hidden = false;
+    cameraMessage.textContent = "Camera off";
+    shotButton.disabled = true;
+    startButton.hidden = false;
+    stopButton.hidden = true;
+  }
+
+  function takePhoto() {
+    if (!video.videoWidth) return;
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    canvas.toBlob(
+      (blob) => {
+        shots += 1;
+        addFiles([new File([blob], `webcam-${shots}.jpg`, { type: "image/jpeg" })]);
+      },
+      "image/jpeg",
+      SHOT_QUALITY,
+    );
+  }
+
+  startButton.addEventListener("click", startCamera);
+  stopButton.addEventListener("click", stopCamera);
+  shotButton.addEventListener("click", takePhoto);
+
+  // --- sending and showing outcomes ----------------------------------------------
+
+  function showResults(message, kind, outcomes, link) {
+    const summary = el("p", { class: `flash ${kind}`, id: "results-summary", text: message });
+    if (link) summary.append(" ", el("a", { href: link.href, text: link.text }));
+    const list = el(
+      "ul",
+      { class: "outcomes" },
+      ...(outcomes || []).map(({ outcome, url }) =>
+        el(
+          "li",
+          { class: "outcome " + (outcome.accepted ? "accepted" : "rejected") },
+          el("img", { src: outcome.thumb_url || url, alt: "", width: "64", height: "64" }),
+          el("span", { class: "file", text: outcome.file }),
+          el("span", { class: "status", text: outcome.accepted ? "accepted" : `rejected: ${outcome.reason}` }),
+        ),
+      ),
+    );
+    results.replaceChildren(el("h2", { text: "Result" }), summary, list);
+  }
+
+  function switchToPerson(person) {
+    // The person exists now: further photos are added to them, the same way.
+    form.action = person.add_photos_url;
+    form.dataset.mode = "existing";
+    form.dataset.personName = person.name;
+    if (nameInput) nameInput.readOnly = true;
+    submitButton.textContent = `Add these photos to ${person.name}`;
+  }
+
+  function handleResult(data) {
+    const sent = pending;
+    const outcomes = data.photos.map((outcome, i) => ({ outcome, url: sent[i] ? sent[i].url : "" }));
+    pending = [];
+    sent.forEach((item, i) => {
+      const outcome = data.photos[i];
+      if (outcome && outcome.accepted) return;
+      item.reason = outcome ? outcome.reason : "no answer";
+      item.faces = (outcome && outcome.faces) || [];
+      item.size = outcome && outcome.width ? [outcome.width, outcome.height] : null;
+      item.face = null;
+      pending.push(item);
+    });
+    renderPending();
+
+    const person = data.person;
+    const wasNew = form.dataset.mode === "new";
+    if (person && wasNew) switchToPerson(person);
+    if (!person) {
+      showResults(data.error || "No photo was accepted.", "error", outcomes);
+    } else if (!data.accepted) {
+      showResults(`No photo was accepted; nothing was added to ${person.name}.`, "error", outcomes);
+    } else {
+      const what = wasNew ? `Added ${person.name} with ${data.accepted} photo(s).` : `Added ${data.accepted} photo(s) to ${person.name}.`;
+      const more = data.rejected ? ` ${data.rejected} photo(s) were not accepted; see below.` : "";
+      const link = wasNew ? { href: person.url, text: `Open ${person.name}'s page` } : { href: person.url, text: "Show all photos" };
+      showResults(what + more, "ok", outcomes, link);
+      if (!wasNew && !data.rejected) window.location.reload();
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!pending.length) {
+      showResults("Add at least one photo: take one with the camera or choose files.", "error", []);
+      return;
+    }
+    const body = new FormData();
+    if (nameInput && form.dataset.mode === "new") body.append("name", nameInput.value);
+    pending.forEach((item, i) => {
+      body.append("photos", item.file, item.file.name);
+      if (item.face !== null) body.append(`face_${i}`, String(item.face));
+    });
+    submitButton.disabled = true;
+    busy.hidden = false;
+    try {
+      const response = await fetch(form.action, { method: "POST", body, headers: { Accept: "application/json" } });
+      const data = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
+      if (data.photos) handleResult(data);
+      else showResults(data.error || `the server answered ${response.status}`, "error", []);
+    } catch (error) {
+      showResults(`The server did not answer: ${error.message}`, "error", []);
+    } finally {
+      submitButton.disabled = false;
+      busy.hidden = true;
+    }
+  });
+})();

@@ -1,0 +1,200 @@
+// Live page: the <video> plays the webcam by itself; alongside, frames are scaled to
+// the configured width, JPEG-encoded and sent as binary over a Socket.IO WebSocket.
+// At most one frame is in flight: the next is captured only when the answer (or an
+// error, or a timeout) arrives, so frames never queue. Answers are drawn on a canvas
+// laid over the video and listed as text in #live-faces.
+(function () {
+  "use strict";
+
+  const root = document.getElementById("live");
+  if (!root) return;
+  const byId = (id) => document.getElementById(id);
+  const video = byId("live-video");
+  const overlay = byId("live-overlay");
+  const statusLine = byId("live-status");
+  const startButton = byId("live-start");
+  const labels = byId("live-faces");
+  const fpsOut = byId("live-fps");
+  const rttOut = byId("live-rtt");
+  const serverOut = byId("live-server-ms");
+  const sizeOut = byId("live-size");
+
+  const config = {
+    namespace: root.dataset.namespace,
+    frameWidth: Number(root.dataset.frameWidth),
+    quality: Number(root.dataset.jpegQuality),
+    timeoutMs: Number(root.dataset.timeoutMs),
+  };
+  const FPS_WINDOW_MS = 2000;
+  const SMOOTHING = 0.2; // weight of the newest round trip in the displayed average
+  const KNOWN = "#1f9d55";
+  const UNKNOWN = "#e0a100";
+
+  const capture = document.createElement("canvas");
+  const captureContext = capture.getContext("2d");
+  // Stats are also on window.liveStats, for tests and the curious.
+  const stats = (window.liveStats = { sent: 0, answered: 0, errors: 0, timeouts: 0, fps: 0, rttMs: null, serverMs: null });
+  let inFlight = null; // {id, capturedAt, timer}
+  let answerTimes = [];
+  let lastDrawnId = -1;
+
+  const socket = io(config.namespace, { transports: ["websocket"] });
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  // --- sending: one frame in flight at most ----------------------------------------
+
+  function schedule() {
+    setTimeout(sendFrame, 0);
+  }
+
+  function sendFrame() {
+    if (inFlight || !socket.connected || video.readyState < 2 || !video.videoWidth) return;
+    const scale = Math.min(1, config.frameWidth / video.videoWidth);
+    capture.width = Math.round(video.videoWidth * scale);
+    capture.height = Math.round(video.videoHeight * scale);
+    captureContext.drawImage(video, 0, 0, capture.width, capture.height);
+    const frame = (inFlight = { id: null, capturedAt: performance.now(), timer: null });
+    capture.toBlob(
+      async (blob) => {
+        if (!blob || !socket.connected) {
+          inFlight = null;
+          return;
+        }
+        const buffer = await blob.arrayBuffer();
+        frame.id = stats.sent++;
+        socket.emit("frame", buffer);
+        frame.timer = setTimeout(() => {
+          if (inFlight === frame) {
+            stats.timeouts += 1;
+            inFlight = null;
+            schedule();
+          }
+        }, config.timeoutMs);
+      },
+      "image/jpeg",
+      config.quality,
+    );
+  }
+
+  function settle(frameId) {
+    // The answer for the frame in flight frees the slot for the next one.
+    if (inFlight && inFlight.id === frameId) {
+      clearTimeout(inFlight.timer);
+      const rtt = performance.now() - inFlight.capturedAt;
+      stats.rttMs = stats.rttMs === null ? rtt : (1 - SMOOTHING) * stats.rttMs + SMOOTHING * rtt;
+      inFlight = null;
+    }
+    schedule();
+  }
+
+  socket.on("connect", () => {
+    setStatus("Connected; recognising.");
+    schedule();
+  });
+  socket.on("disconnect", () => {
+    setStatus("Disconnected from the server; reconnecting…");
+    if (inFlight) clearTimeout(inFlight.timer);
+    inFlight = null;
+  });
+  socket.on("connect_error", (error) => setStatus(`Cannot reach the server: ${error.message}`));
+
+  socket.on("faces", (answer) => {
+    const now = performance.now();
+    stats.answered += 1;
+    answerTimes.push(now);
+    answerTimes = answerTimes.filter((t) => now - t <= FPS_WINDOW_MS);
+    if (answerTimes.length > 1) stats.fps = (answerTimes.length - 1) / ((now - answerTimes[0]) / 1000);
+    stats.serverMs = answer.ms;
+    settle(answer.frame_id);
+    if (answer.frame_id > lastDrawnId) {
+      lastDrawnId = answer.frame_id;
+      draw(answer);
+      list(answer.faces);
+    }
+    showStats(answer);
+  });
+
+  socket.on("error", (answer) => {
+    stats.errors += 1;
+    setStatus(`Server: ${answer.error}`);
+    settle(answer.frame_id);
+  });
+
+  // --- showing answers ---------------------------------------------------------------
+
+  function label(face) {
+    return face.name === null ? "Unknown" : `${face.name} ${face.similarity.toFixed(2)}`;
+  }
+
+  function draw(answer) {
+    const ratio = window.devicePixelRatio || 1;
+    const width = video.clientWidth;
+    const height = video.clientHeight;
+    overlay.width = Math.round(width * ratio);
+    overlay.height = Math.round(height * ratio);
+    const context = overlay.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, width, height);
+    const sx = width / answer.width;
+    const sy = height / answer.height;
+    context.font = "600 15px system-ui, sans-serif";
+    context.textBaseline = "bottom";
+    for (const face of answer.faces) {
+      const [left, top, right, bottom] = face.box;
+      const colour = face.name === null ? UNKNOWN : KNOWN;
+      context.lineWidth = 3;
+      context.strokeStyle = colour;
+      context.strokeRect(left * sx, top * sy, (right - left) * sx, (bottom - top) * sy);
+      const text = label(face);
+      const textWidth = context.measureText(text).width + 10;
+      const y = Math.max(top * sy, 22);
+      context.fillStyle = colour;
+      context.fillRect(left * sx - 1.5, y - 22, textWidth, 22);
+      context.fillStyle = "#fff";
+      context.fillText(text, left * sx + 4, y - 4);
+    }
+  }
+
+  function list(faces) {
+    labels.replaceChildren(
+      ...faces.map((face) => {
+        const item = document.createElement("li");
+        item.className = face.name === null ? "unknown" : "known";
+        item.textContent = label(face);
+        return item;
+      }),
+    );
+  }
+
+  function showStats(answer) {
+    fpsOut.textContent = stats.fps.toFixed(1);
+    rttOut.textContent = stats.rttMs === null ? "–" : String(Math.round(stats.rttMs));
+    serverOut.textContent = String(Math.round(answer.ms));
+    sizeOut.textContent = `${answer.width}×${answer.height}`;
+  }
+
+  // --- the camera -------------------------------------------------------------------
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      setStatus("The camera needs a secure page: open the app on localhost or over https.");
+      return;
+    }
+    try {
+      video.srcObject = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 } }, audio: false });
+    } catch (error) {
+      setStatus(`No camera: ${error.message || error.name}`);
+      startButton.hidden = false;
+      return;
+    }
+    startButton.hidden = true;
+    setStatus(socket.connected ? "Connected; recognising." : "Connecting to the server…");
+    video.addEventListener("loadeddata", schedule, { once: true });
+  }
+
+  startButton.addEventListener("click", startCamera);
+  startCamera();
+})();

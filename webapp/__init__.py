@@ -1,0 +1,109 @@
+"""The web app: `create_app` builds a configured Flask app; server.py runs it with Flask-SocketIO."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from model.recognizer import Recognizer
+from webapp import db, errors, events, settings, store
+from webapp.extensions import socketio
+from webapp.faces import FaceService
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+# Engine.IO closes a connection whose message exceeds its buffer, so the buffer
+# is larger than MAX_FRAME_MB: frames between the two get a polite `error` event.
+FRAME_BUFFER_FACTOR = 4
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app.
+
+    :param config: overrides for the settings in `webapp.settings` (keys like
+        DATA_DIR, DATABASE, THRESHOLD) plus TESTING, SECRET_KEY and RECOGNIZER
+        (a Recognizer to use instead of building one; tests share a loaded one).
+    """
+    app = Flask(__name__, template_folder=str(settings.PROJECT_DIR / "templates"),
+                static_folder=str(settings.PROJECT_DIR / "static"))
+    app.config.from_mapping(settings.from_env())
+    app.config.update(config or {})
+
+    data_dir = Path(app.config["DATA_DIR"]).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app.config["DATA_DIR"] = data_dir
+    if not app.config["DATABASE"]:
+        app.config["DATABASE"] = str(data_dir / "faces.db")
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _secret_key(data_dir)
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"] * MB)
+    app.config["MAX_FRAME_BYTES"] = int(app.config["MAX_FRAME_MB"] * MB)
+
+    db.init_app(app)
+    service = _face_service(app)
+    app.extensions["faces"] = service
+    app.context_processor(lambda: {"faces_model": service})
+    service.start_loading()
+
+    from webapp import api, enroll, live, people
+
+    app.register_blueprint(people.bp)
+    app.register_blueprint(enroll.bp)
+    app.register_blueprint(live.bp)
+    app.register_blueprint(api.bp)
+    app.add_url_rule("/", endpoint="index", view_func=people.index)
+    errors.init_app(app)
+
+    socketio.init_app(
+        app,
+        async_mode="threading",
+        async_handlers=False,  # frames are handled in arrival order; handlers only store them
+        max_http_buffer_size=FRAME_BUFFER_FACTOR * app.config["MAX_FRAME_BYTES"],
+    )
+    events.init_app(app, socketio.server)
+    return app
+
+
+def _face_service(app: Flask) -> FaceService:
+    """The recognizer (given, or built from the settings) with the gallery loaded from the database."""
+    recognizer = app.config.get("RECOGNIZER") or Recognizer(
+        backbone=app.config["BACKBONE"], threshold=app.config["THRESHOLD"]
+    )
+    service = FaceService(
+        recognizer,
+        min_face=app.config["MIN_FACE_PX"],
+        live_max_side=app.config["LIVE_MAX_SIDE"],
+        live_upsample=app.config["LIVE_UPSAMPLE"],
+        recognize_upsample=app.config["RECOGNIZE_UPSAMPLE"],
+        max_frame_bytes=app.config["MAX_FRAME_BYTES"],
+    )
+    conn = db.connect(app.config["DATABASE"])
+    try:
+        loaded = store.load_gallery(conn, service)
+        other = store.count_other_backbones(conn, service.backbone)
+    finally:
+        conn.close()
+    log.info("gallery: %d photos of %d people", loaded, len(service.names))
+    if other:
+        log.warning("%d photos were enrolled with another backbone than %s and are not matched", other,
+                    service.backbone)
+    return service
+
+
+def _secret_key(data_dir: Path) -> str:
+    """A random key, made once and kept in the data dir (readable by the owner only)."""
+    path = data_dir / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_text().strip()

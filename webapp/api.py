@@ -1,0 +1,104 @@
+"""The JSON API: people, photos and one-shot recognition. Errors are {"error": message} with a 4xx status."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest
+
+from model.images import ImageError, decode_image
+from webapp import store
+from webapp.db import get_db
+from webapp.payloads import enrollment_json, person_json, photo_json, read_uploads
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _service():
+    return current_app.extensions["faces"]
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('expected a JSON object, e.g. {"name": "Ada"}')
+    return body
+
+
+@bp.get("/status")
+def status():
+    service = _service()
+    return jsonify(
+        model=service.state,
+        error=service.load_error,
+        backbone=service.backbone,
+        threshold=service.recognizer.threshold,
+        people=len(service.names),
+        photos=len(service.gallery),
+    )
+
+
+@bp.get("/people")
+def list_people():
+    return jsonify(people=[person_json(row) for row in store.list_people(get_db())])
+
+
+@bp.post("/people")
+def create_person():
+    row = store.create_person(get_db(), _service(), _json_body().get("name"))
+    return jsonify(person_json(row)), 201
+
+
+@bp.get("/people/<int:person_id>")
+def get_person(person_id: int):
+    db = get_db()
+    person = person_json(store.get_person(db, person_id))
+    person["photos"] = [photo_json(row) for row in store.person_photos(db, person_id)]
+    return jsonify(person)
+
+
+@bp.patch("/people/<int:person_id>")
+def rename_person(person_id: int):
+    row = store.rename_person(get_db(), _service(), person_id, _json_body().get("name"))
+    return jsonify(person_json(row))
+
+
+@bp.delete("/people/<int:person_id>")
+def delete_person(person_id: int):
+    store.delete_person(get_db(), _service(), current_app.config["DATA_DIR"], person_id)
+    return jsonify(deleted=person_id)
+
+
+@bp.post("/people/<int:person_id>/photos")
+def add_photos(person_id: int):
+    uploads = read_uploads()
+    if not uploads:
+        raise BadRequest("no files under the field 'photos'")
+    person, outcomes = store.enroll(
+        get_db(), _service(), current_app.config["DATA_DIR"], uploads, person_id=person_id
+    )
+    return jsonify(enrollment_json(person, outcomes))
+
+
+@bp.delete("/photos/<int:photo_id>")
+def delete_photo(photo_id: int):
+    store.delete_photo(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
+    return jsonify(deleted=photo_id)
+
+
+@bp.post("/recognize")
+def recognize():
+    """The faces in one uploaded image, in the same shape as the live `faces` event (frame_id 0)."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise BadRequest("no file under the field 'image'")
+    started = time.perf_counter()
+    try:
+        frame = decode_image(upload.read())
+    except ImageError as exc:
+        raise BadRequest(f"unreadable file: {exc}") from None
+    faces = _service().recognize(frame, live=False)
+    ms = (time.perf_counter() - started) * 1000
+    height, width = frame.shape[:2]
+    return jsonify(frame_id=0, width=width, height=height, faces=faces, ms=round(ms, 1))

@@ -1,0 +1,99 @@
+"""SQLite: one connection per request (cached on g), the schema, and its migrations.
+
+The schema version is SQLite's `PRAGMA user_version`. `migrate` runs every
+migration newer than the file's version, each in one transaction, when the app
+starts. Connections run in autocommit mode; writes that must stick together
+use `transaction()`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flask import Flask, current_app, g
+
+# Each entry turns version i into version i + 1. Append; never edit a shipped one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE people (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE TABLE photos (
+        id INTEGER PRIMARY KEY,
+        person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+        file TEXT NOT NULL UNIQUE,      -- generated name under photos/ and thumbs/
+        box TEXT NOT NULL,              -- JSON [left, top, right, bottom] in the stored photo
+        width INTEGER NOT NULL,         -- of the stored photo
+        height INTEGER NOT NULL,
+        embedding BLOB NOT NULL,        -- float32 [128], what the gallery matches
+        features BLOB NOT NULL,         -- float32 backbone features, for re-applying a new head
+        backbone TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE INDEX photos_by_person ON photos(person_id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open the database with rows as sqlite3.Row, foreign keys on and WAL journaling."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; returns the version it found."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {found}, newer than this app's {SCHEMA_VERSION}; "
+            "update the app or point FACES_DATA_DIR elsewhere"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        # executescript commits first, so the BEGIN/COMMIT here is the whole step.
+        conn.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
+    return found
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def get_db() -> sqlite3.Connection:
+    """This request's connection, opened on first use."""
+    if "db" not in g:
+        g.db = connect(current_app.config["DATABASE"])
+    return g.db
+
+
+def close_db(exc: BaseException | None = None) -> None:
+    db = g.pop("db", None)
+    if db is not None:
+        db.close()
+
+
+def init_app(app: Flask) -> None:
+    """Create or migrate the schema now, and close each request's connection after it."""
+    conn = connect(app.config["DATABASE"])
+    try:
+        migrate(conn)
+    finally:
+        conn.close()
+    app.teardown_appcontext(close_db)

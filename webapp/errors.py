@@ -1,0 +1,62 @@
+"""App-wide request rules and error pages: JSON `{"error": message}` for the API, HTML for the pages.
+
+There are no user accounts (the server listens on loopback by default), so the
+one access rule is the same for pages and API: a state-changing request that
+carries an Origin header must come from this app's own origin, which stops
+other web sites from posting to it through the user's browser.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import Forbidden, HTTPException
+
+from webapp.faces import ModelNotReady
+from webapp.store import StoreError
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def wants_json() -> bool:
+    """API paths, and page requests made by our scripts (Accept: application/json), answer JSON."""
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def error_response(message: str, status: int):
+    if wants_json():
+        return jsonify(error=message), status
+    return render_template("error.html", message=message, status=status), status
+
+
+def check_origin() -> None:
+    """Refuse cross-site state changes (403)."""
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise Forbidden("cross-site requests are not allowed")
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(check_origin)
+
+    @app.errorhandler(StoreError)
+    def store_error(exc: StoreError):
+        return error_response(str(exc), exc.status)
+
+    @app.errorhandler(ModelNotReady)
+    def model_not_ready(exc: ModelNotReady):
+        return error_response(str(exc), 503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        message = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config["MAX_UPLOAD_MB"]
+            message = f"the upload is too large (the limit is {limit:g} MB in all)"
+        return error_response(message, exc.code or 500)

@@ -1,0 +1,141 @@
+"""Socket.IO namespace /live: browsers send JPEG frames, the server answers `faces`.
+
+Per connection there is one slot holding the newest frame not yet processed; a
+newer frame replaces it (the older one is dropped and its frame_id never
+answered). One worker thread takes the slots in turn, runs recognition and
+emits `faces` to that connection only. Handlers only validate and store, so a
+slow model never holds up the socket; nothing queues.
+
+Contract: the client emits `frame` with JPEG bytes as a binary payload. The
+server emits `faces` {frame_id, width, height, faces: [{box, name, person_id,
+similarity, margin}], ms} or `error` {error, frame_id}. frame_id counts the
+frames this connection sent, from 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import socketio as python_socketio
+from flask import Flask, current_app, request
+from flask_socketio import emit
+
+from model.images import ImageError, decode_image
+from webapp.extensions import socketio
+from webapp.faces import FaceService, ModelNotReady
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/live"
+
+
+class LiveFrames:
+    """The newest unprocessed frame of each connection, and the one worker that answers them.
+
+    :param service: the app's FaceService.
+    :param server: the python-socketio Server of this app (to emit from the worker).
+    :param max_bytes: larger frames are refused with an error event.
+    """
+
+    def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int):
+        self.service = service
+        self.server = server
+        self.max_bytes = max_bytes
+        self._slots: dict[str, tuple[int, bytes]] = {}
+        self._sent: dict[str, int] = {}
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self.processed = 0
+        self.dropped = 0
+
+    def connect(self, sid: str) -> None:
+        with self._wake:
+            self._sent[sid] = 0
+            if self._worker is None:
+                self._worker = self.server.start_background_task(self._run)
+
+    def disconnect(self, sid: str) -> None:
+        with self._wake:
+            self._sent.pop(sid, None)
+            self._slots.pop(sid, None)
+
+    def put(self, sid: str, data: object) -> tuple[int, str | None]:
+        """Count a received frame; keep it as the connection's newest, or say why not.
+
+        :return: (frame_id, error message or None).
+        """
+        with self._wake:
+            frame_id = self._sent.get(sid, 0)
+            self._sent[sid] = frame_id + 1
+            if not isinstance(data, (bytes, bytearray)):
+                return frame_id, "a frame must be JPEG bytes sent as a binary payload"
+            if len(data) > self.max_bytes:
+                return frame_id, (
+                    f"the frame is too large ({len(data) / 1e6:.1f} MB; the limit is {self.max_bytes / 1e6:.1f} MB)"
+                )
+            if sid in self._slots:
+                self.dropped += 1
+            self._slots[sid] = (frame_id, bytes(data))  # replaces an older frame, keeping its turn
+            self._wake.notify()
+        return frame_id, None
+
+    def _take(self) -> tuple[str, int, bytes]:
+        """Wait for a frame; connections take turns in the order their slots were filled."""
+        with self._wake:
+            while not self._slots:
+                self._wake.wait()
+            sid = next(iter(self._slots))
+            frame_id, data = self._slots.pop(sid)
+        return sid, frame_id, data
+
+    def _run(self) -> None:
+        while True:
+            sid, frame_id, data = self._take()
+            event, payload = self.answer(frame_id, data)
+            self.processed += 1
+            self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
+
+    def answer(self, frame_id: int, data: bytes) -> tuple[str, dict]:
+        """('faces', payload) for a frame, or ('error', {error, frame_id})."""
+        started = time.perf_counter()
+        try:
+            frame = decode_image(data, max_bytes=self.max_bytes)
+            faces = self.service.recognize(frame, live=True)
+        except ImageError as exc:
+            return "error", {"error": f"bad frame: {exc}", "frame_id": frame_id}
+        except ModelNotReady as exc:
+            return "error", {"error": str(exc), "frame_id": frame_id}
+        except Exception:  # the worker must survive anything one frame does
+            log.exception("live frame %d failed", frame_id)
+            return "error", {"error": "the server could not process this frame", "frame_id": frame_id}
+        height, width = frame.shape[:2]
+        ms = (time.perf_counter() - started) * 1000
+        return "faces", {"frame_id": frame_id, "width": width, "height": height, "faces": faces, "ms": round(ms, 1)}
+
+
+def _live() -> LiveFrames:
+    return current_app.extensions["live"]
+
+
+@socketio.on("connect", namespace=NAMESPACE)
+def on_connect(auth=None):
+    _live().connect(request.sid)
+
+
+@socketio.on("disconnect", namespace=NAMESPACE)
+def on_disconnect(reason=None):
+    _live().disconnect(request.sid)
+
+
+@socketio.on("frame", namespace=NAMESPACE)
+def on_frame(data=None, *extra):
+    frame_id, error = _live().put(request.sid, data)
+    if error:
+        emit("error", {"error": error, "frame_id": frame_id})
+
+
+def init_app(app: Flask, server: python_socketio.Server) -> None:
+    """Give the app its live-frame state, bound to the Socket.IO server init_app just made."""
+    app.extensions["live"] = LiveFrames(app.extensions["faces"], server, app.config["MAX_FRAME_BYTES"])

@@ -1,0 +1,208 @@
+"""The recognizer, the gallery and people's names, shared by every request and the live worker.
+
+`FaceService` is created in `create_app` and kept in `app.extensions["faces"]`.
+It loads the model on a background thread so the server answers at once;
+callers that need the model wait for it (`ModelNotReady` after a timeout or a
+failed load). All model calls go through one lock: dlib's detector and network
+keep per-call scratch state and must not run on two threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model.backbones import BackboneUnavailable
+from model.gallery import Gallery
+from model.head import HeadUnavailable
+from model.images import ImageError, decode_image
+from model.recognizer import EnrollmentRejected, Recognition, Recognizer
+
+log = logging.getLogger(__name__)
+
+# How long a request waits for the model to finish loading before answering 503.
+LOAD_WAIT_S = 60.0
+
+
+class ModelNotReady(RuntimeError):
+    """The model is still loading or failed to load; the message says which."""
+
+
+@dataclass
+class Candidate:
+    """One uploaded photo after analysis: accepted (face, features, embedding) or rejected (reason).
+
+    `faces` lists the boxes to choose from when the photo was rejected for
+    holding several faces; `face_index` picks one of them on a resubmission.
+    """
+
+    file: str
+    reason: str | None = None
+    photo: NDArray[np.uint8] | None = None
+    box: list[int] | None = None
+    features: NDArray[np.float32] | None = None
+    embedding: NDArray[np.float32] | None = None
+    faces: list[list[int]] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of the decoded photo, when it decoded."""
+        return None if self.photo is None else (int(self.photo.shape[1]), int(self.photo.shape[0]))
+
+
+class FaceService:
+    """Recognizer + Gallery + names, with lazy loading and one lock around the model.
+
+    :param recognizer: a Recognizer (loaded or not; load() is idempotent).
+    :param min_face: enrollment photos need a face at least this many pixels on a side.
+    :param live_max_side: live frames are detected on a copy scaled to this side.
+    :param live_upsample: detector upsampling for live frames.
+    :param recognize_upsample: detector upsampling for uploaded images (/api/recognize).
+    :param max_frame_bytes: live frames larger than this are refused.
+    """
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        *,
+        min_face: int,
+        live_max_side: int,
+        live_upsample: int,
+        recognize_upsample: int,
+        max_frame_bytes: int,
+    ):
+        self.recognizer = recognizer
+        self.gallery = Gallery(dim=128)
+        self.names: dict[int, str] = {}
+        self.min_face = min_face
+        self.live_max_side = live_max_side
+        self.live_upsample = live_upsample
+        self.recognize_upsample = recognize_upsample
+        self.max_frame_bytes = max_frame_bytes
+        self._model_lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._load_error: str | None = None
+
+    # --- loading -----------------------------------------------------------------
+
+    @property
+    def backbone(self) -> str:
+        return self.recognizer.backbone.name
+
+    @property
+    def state(self) -> str:
+        """'ready', 'loading' or 'failed'."""
+        if not self._loaded.is_set():
+            return "loading"
+        return "failed" if self._load_error else "ready"
+
+    @property
+    def load_error(self) -> str | None:
+        return self._load_error
+
+    def start_loading(self) -> threading.Thread:
+        """Load the model on a daemon thread; `wait_ready` blocks until it is done."""
+        thread = threading.Thread(target=self._load, name="faces-model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        try:
+            with self._model_lock:
+                self.recognizer.load()
+            log.info("model %s loaded in %.1f s", self.backbone, time.perf_counter() - started)
+        except (BackboneUnavailable, HeadUnavailable, ValueError) as exc:
+            self._load_error = str(exc)
+            log.error("the model cannot be loaded: %s", exc)
+        except Exception as exc:  # a broken install must show up on the pages, not kill a thread silently
+            self._load_error = f"the model failed to load: {exc}"
+            log.exception("the model failed to load")
+        finally:
+            self._loaded.set()
+
+    def wait_ready(self, timeout: float = LOAD_WAIT_S) -> None:
+        """Return when the model is loaded. :raises ModelNotReady: still loading after timeout, or failed."""
+        if not self._loaded.wait(timeout):
+            raise ModelNotReady("the face model is still loading; try again in a moment")
+        if self._load_error:
+            raise ModelNotReady(self._load_error)
+
+    # --- the gallery -------------------------------------------------------------
+
+    def add_person(self, person_id: int, name: str) -> None:
+        self.names[person_id] = name
+
+    def add_photo(self, photo_id: int, person_id: int, embedding: NDArray[np.float32]) -> None:
+        self.gallery.add(photo_id, person_id, embedding)
+
+    def remove_photo(self, photo_id: int) -> None:
+        self.gallery.remove_photo(photo_id)
+
+    def remove_person(self, person_id: int) -> None:
+        self.gallery.remove_person(person_id)
+        self.names.pop(person_id, None)
+
+    # --- enrollment --------------------------------------------------------------
+
+    def analyse(self, file: str, data: bytes, face_index: int | None = None) -> Candidate:
+        """Decode one enrollment photo, find its face and embed it.
+
+        A photo with several big enough faces is rejected with their boxes,
+        unless face_index picks one of them (index into those boxes, largest first).
+        """
+        try:
+            photo = decode_image(data)
+        except ImageError as exc:
+            return Candidate(file, reason=f"unreadable file: {exc}")
+        self.wait_ready()
+        with self._model_lock:
+            try:
+                faces = self.recognizer.enrollment_faces(photo, min_face=self.min_face)
+            except EnrollmentRejected as exc:
+                return Candidate(file, reason=str(exc), photo=photo)
+            boxes = [face.box.tolist() for face in faces]
+            if face_index is None and len(faces) > 1:
+                return Candidate(file, reason=f"several faces ({len(faces)})", photo=photo, faces=boxes)
+            index = face_index or 0
+            if not 0 <= index < len(faces):
+                return Candidate(
+                    file, reason=f"no face number {index + 1} (found {len(faces)})", photo=photo, faces=boxes
+                )
+            features = self.recognizer.features(photo, [faces[index]])
+            embedding = self.recognizer.embed(features)
+        return Candidate(file, photo=photo, box=boxes[index], features=features[0], embedding=embedding[0])
+
+    # --- recognition -------------------------------------------------------------
+
+    def recognize(self, frame: NDArray[np.uint8], *, live: bool) -> list[dict]:
+        """Everyone in a frame as `faces` entries (box, name, person_id, similarity, margin).
+
+        live=True uses the live settings (downscaled detection, no upsampling);
+        live=False the settings for uploaded images.
+        """
+        self.wait_ready()
+        upsample = self.live_upsample if live else self.recognize_upsample
+        max_side = self.live_max_side if live else None
+        with self._model_lock:
+            recognitions = self.recognizer.recognize_frame(frame, self.gallery, upsample=upsample, max_side=max_side)
+        return [self._describe(recognition) for recognition in recognitions]
+
+    def _describe(self, recognition: Recognition) -> dict:
+        match = recognition.match
+        return {
+            "box": [int(v) for v in recognition.face.box],
+            "name": self.names.get(match.person_id) if match.person_id is not None else None,
+            "person_id": match.person_id,
+            "similarity": round(match.similarity, 4),
+            "margin": round(match.margin, 4),
+        }

@@ -1,0 +1,87 @@
+"""Reading uploads from a request, and the JSON shapes the pages' scripts and the API share."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from flask import request, url_for
+from werkzeug.exceptions import BadRequest
+
+from webapp.faces import Candidate
+from webapp.store import Upload
+
+PHOTOS_FIELD = "photos"
+# face_<i>: for the i-th file under `photos` (from 0), which of the faces listed
+# by an earlier "several faces" answer to enroll (from 0, largest face first).
+FACE_FIELD = "face_{}"
+
+
+def read_uploads(field: str = PHOTOS_FIELD) -> list[Upload]:
+    """The files under `field`, with their face choices; an empty file input counts as no file.
+
+    :raises BadRequest: a face_<i> field that is not a whole number.
+    """
+    files = [f for f in request.files.getlist(field) if f.filename or f.content_length]
+    uploads = []
+    for i, storage in enumerate(files):
+        raw = request.form.get(FACE_FIELD.format(i), "").strip()
+        try:
+            face_index = int(raw) if raw else None
+        except ValueError:
+            raise BadRequest(f"{FACE_FIELD.format(i)} must be a face number, got {raw!r}") from None
+        uploads.append(Upload(file=storage.filename or f"photo {i + 1}", data=storage.read(), face_index=face_index))
+    return uploads
+
+
+def person_json(person: sqlite3.Row) -> dict:
+    cover = person["cover_photo_id"]
+    return {
+        "id": person["id"],
+        "name": person["name"],
+        "photo_count": person["photo_count"],
+        "created_at": person["created_at"],
+        "url": url_for("people.person", person_id=person["id"]),
+        "add_photos_url": url_for("enroll.add_photos", person_id=person["id"]),
+        "thumb_url": url_for("people.thumb", photo_id=cover) if cover is not None else None,
+    }
+
+
+def photo_json(photo: sqlite3.Row) -> dict:
+    return {
+        "id": photo["id"],
+        "person_id": photo["person_id"],
+        "box": json.loads(photo["box"]),
+        "width": photo["width"],
+        "height": photo["height"],
+        "backbone": photo["backbone"],
+        "created_at": photo["created_at"],
+        "thumb_url": url_for("people.thumb", photo_id=photo["id"]),
+        "image_url": url_for("people.image", photo_id=photo["id"]),
+    }
+
+
+def outcome_json(candidate: Candidate, photo_id: int | None) -> dict:
+    """One photo's result: accepted (photo_id, box) or rejected (reason; faces to pick from)."""
+    size = candidate.size
+    return {
+        "file": candidate.file,
+        "accepted": candidate.accepted,
+        "photo_id": photo_id,
+        "reason": candidate.reason,
+        "box": candidate.box,
+        "faces": candidate.faces,
+        "width": size[0] if size else None,
+        "height": size[1] if size else None,
+        "thumb_url": url_for("people.thumb", photo_id=photo_id) if photo_id is not None else None,
+    }
+
+
+def enrollment_json(person: sqlite3.Row | None, outcomes: list[tuple[Candidate, int | None]]) -> dict:
+    accepted = sum(candidate.accepted for candidate, _ in outcomes)
+    return {
+        "person": person_json(person) if person is not None else None,
+        "accepted": accepted,
+        "rejected": len(outcomes) - accepted,
+        "photos": [outcome_json(candidate, photo_id) for candidate, photo_id in outcomes],
+    }

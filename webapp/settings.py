@@ -1,0 +1,86 @@
+"""Every setting of the web app in one place: a default, and the env var that overrides it.
+
+`from_env()` turns the environment into Flask config keys; `create_app` starts
+from these and lets its `config` argument override them (tests do). server.py
+takes --host/--port/--data-dir on top.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # Flask config key
+    env: str | None  # env var that overrides the default (None: config only)
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip() == "" else float(text)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("HOST", "FACES_HOST", "127.0.0.1", str, "address server.py listens on"),
+    Setting("PORT", "FACES_PORT", 5000, int, "port server.py listens on"),
+    Setting(
+        "DATA_DIR", "FACES_DATA_DIR", str(PROJECT_DIR / "data"), str,
+        "database, photos, thumbnails and the secret key; created when missing",
+    ),
+    Setting("DATABASE", "FACES_DATABASE", None, str, "SQLite file (default: <data dir>/faces.db)"),
+    Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str, "feature network: dlib-resnet or vgg16-face"),
+    Setting(
+        "THRESHOLD", "FACES_THRESHOLD", None, _optional_float,
+        "cosine similarity needed to name a face (default: the recognizer's, 0.78 for dlib-resnet)",
+    ),
+    Setting("MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int, "enrollment photos: smallest face side accepted, in pixels"),
+    Setting("MAX_UPLOAD_MB", "FACES_MAX_UPLOAD_MB", 50, float, "largest HTTP request (all photos of one upload)"),
+    Setting("FRAME_WIDTH", "FACES_FRAME_WIDTH", 640, int, "live page: width the browser scales frames to before sending"),
+    Setting("FRAME_JPEG_QUALITY", "FACES_FRAME_JPEG_QUALITY", 0.8, float, "live page: JPEG quality of frames (0..1)"),
+    Setting("MAX_FRAME_MB", "FACES_MAX_FRAME_MB", 2.0, float, "live: larger frames get an error event"),
+    Setting("LIVE_MAX_SIDE", "FACES_LIVE_MAX_SIDE", 640, int, "live: frames are scaled down to this side for detection"),
+    Setting("LIVE_UPSAMPLE", "FACES_LIVE_UPSAMPLE", 0, int, "live: detector upsampling (1 finds smaller faces, 4x slower)"),
+    Setting("RECOGNIZE_UPSAMPLE", "FACES_RECOGNIZE_UPSAMPLE", 1, int, "POST /api/recognize: detector upsampling"),
+    Setting("FRAME_TIMEOUT_MS", "FACES_FRAME_TIMEOUT_MS", 3000, int, "live page: send a new frame if no answer came by then"),
+    Setting("SECRET_KEY", "FACES_SECRET_KEY", None, str, "signs flash messages (default: generated once into the data dir)"),
+)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Config keys with their defaults, overridden by the env vars that are set.
+
+    :raises ValueError: an env var that does not parse, naming the variable.
+    """
+    environ = os.environ if environ is None else environ
+    config = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.env) if setting.env else None
+        if raw is None:
+            config[setting.key] = setting.default
+            continue
+        try:
+            config[setting.key] = setting.parse(raw)
+        except ValueError:
+            raise ValueError(f"{setting.env}={raw!r} is not valid ({setting.help})") from None
+    return config
+
+
+def markdown_table() -> str:
+    """The settings as a README table (env var, default, meaning)."""
+    rows = ["| env var | default | what it sets |", "|---|---|---|"]
+    for setting in SETTINGS:
+        if setting.env:
+            default = "-" if setting.default is None else f"`{setting.default}`"
+            if setting.key == "DATA_DIR":
+                default = "`data/` in the project"
+            rows.append(f"| `{setting.env}` | {default} | {setting.help} |")
+    return "\n".join(rows)
