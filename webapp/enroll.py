@@ -19,13 +19,9 @@ bp = Blueprint("enroll", __name__)
 NO_PHOTOS = "please add at least one photo"
 
 
-def _settings() -> dict:
-    return {"min_face": current_app.config["MIN_FACE_PX"], "max_upload_mb": current_app.config["MAX_UPLOAD_MB"]}
-
-
 @bp.get("/people/new")
 def add_person():
-    return render_template("enroll/add.html", name="", result=None, error=None, **_settings())
+    return render_template("enroll/add.html", name="", result=None, error=None)
 
 
 @bp.post("/people/new")
@@ -42,14 +38,14 @@ def create():
     except store.StoreError as exc:
         if wants_json():
             raise
-        return render_template("enroll/add.html", name=name, result=None, error=str(exc), **_settings()), exc.status
+        return render_template("enroll/add.html", name=name, result=None, error=str(exc)), exc.status
     result = enrollment_json(person, outcomes)
     if person is None:
         result["error"] = f"No photo was accepted, so {name} was not added."
     if wants_json():
         return jsonify(result), (201 if person is not None else 422)
     if person is None:
-        return render_template("enroll/add.html", name=name, result=result, error=result["error"], **_settings()), 422
+        return render_template("enroll/add.html", name=name, result=result, error=result["error"]), 422
     _flash_outcomes(result)
     return redirect(url_for("people.person", person_id=person["id"]))
 

@@ -1,0 +1,63 @@
+"""Web app fixtures: a fresh app and data dir per test, real photos, and the output folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from web_helpers import PROJECT_DIR, TEST_THRESHOLD
+
+from model.recognizer import Recognizer
+from webapp import create_app
+
+
+@pytest.fixture(scope="session")
+def web_recognizer(recognizer) -> Recognizer:
+    """The session's loaded recognizer parts, with the pinned test threshold."""
+    return Recognizer(
+        backbone=recognizer.backbone, detector=recognizer.detector, head=recognizer.head, threshold=TEST_THRESHOLD
+    )
+
+
+@pytest.fixture
+def app(tmp_path, web_recognizer):
+    app = create_app(
+        {"TESTING": True, "DATA_DIR": tmp_path / "data", "SECRET_KEY": "test", "RECOGNIZER": web_recognizer}
+    )
+    app.extensions["faces"].wait_ready()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def photo(celeba_dir):
+    """photo(person, index) -> (file name, JPEG bytes) of a CelebA portrait."""
+
+    def read(person: str, index: int) -> tuple[str, bytes]:
+        path = celeba_dir / person / f"{person}_{index:04d}.jpg"
+        return path.name, path.read_bytes()
+
+    return read
+
+
+@pytest.fixture
+def sample(samples_dir):
+    """sample(name) -> (file name, bytes) of an edge-case photo."""
+
+    def read(name: str) -> tuple[str, bytes]:
+        return name, (samples_dir / name).read_bytes()
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where screenshots and measurements go: $TEST_OUTPUT_DIR, else test-output/ in the project (git-ignored)."""
+    path = Path(os.environ.get("TEST_OUTPUT_DIR", PROJECT_DIR / "test-output"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
