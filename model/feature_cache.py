@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.gallery import Gallery
-from model.head import Head
+from model.head import Head, load_head
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("FACES_CACHE_DIR", Path.home() / ".cache" / "faces-app"))
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -279,8 +279,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def decode_features(blob: bytes, dim: int | None = None) -> NDArray[np.float32]:
-    """A float32 BLOB as stored in `photos.features` -> float32 [D]."""
-    vector = np.frombuffer(blob, dtype=np.float32).copy()
+    """A little-endian float32 BLOB as stored in `photos.features` -> float32 [D]."""
+    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
     if dim is not None and vector.shape[0] != dim:
         raise ValueError(f"stored features are {vector.shape[0]}-D, expected {dim}-D")
     return vector
@@ -335,3 +335,24 @@ def gallery_from_features(
     gallery = Gallery(dim=head.kernel.shape[1], capacity=max(256, len(embeddings)))
     gallery.add_many(zip((int(p) for p in photo_ids), (int(p) for p in person_ids), embeddings))
     return gallery, embeddings
+
+
+def reload_head(
+    backbone: str,
+    dim: int,
+    photo_ids: Sequence[int],
+    person_ids: Sequence[int],
+    features: NDArray[np.float32] | Sequence[bytes],
+    path: Path | None = None,
+) -> tuple[Head, Gallery, NDArray[np.float32]]:
+    """Everything the app's "reload head" action needs, built off to the side.
+
+    Loads the head file (default weights/head_<backbone>.h5; its sidecar gives
+    `head.threshold`), applies it to the stored features and builds the new gallery.
+    The caller then swaps both in (`recognizer.set_head(head)`, then the gallery, in
+    one assignment each) and may write the embeddings back to `photos.embedding`.
+    :raises ValueError / HeadUnavailable: as `load_head`; nothing is swapped then.
+    """
+    head = load_head(backbone, dim, path=path)
+    gallery, embeddings = gallery_from_features(head, photo_ids, person_ids, features)
+    return head, gallery, embeddings

@@ -71,3 +71,40 @@ def dir_at_fpir(
     """
     threshold = threshold_at_far(non_mated_scores, fpir)
     return float(np.mean(mated_correct & (mated_scores >= threshold)))
+
+
+def pair_scores(
+    embeddings: NDArray[np.float32], labels: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Cosine similarity of every pair of rows (i < j) of unit embeddings [N, D], split into
+    (genuine: same label, impostor: different labels), float64. N = 1500 gives about 1.1M pairs."""
+    labels = np.asarray(labels)
+    sims = np.asarray(embeddings, dtype=np.float32) @ np.asarray(embeddings, dtype=np.float32).T
+    left, right = np.triu_indices(len(labels), k=1)
+    scores = sims[left, right].astype(np.float64)
+    same = labels[left] == labels[right]
+    return scores[same], scores[~same]
+
+
+def verification_at_fars(
+    genuine: NDArray[np.float64], impostor: NDArray[np.float64], fars: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+) -> dict[str, float]:
+    """{'tar_at_far_<far>': ..., 'threshold_at_far_<far>': ...} for each FAR (keys like 'tar_at_far_1e-03').
+
+    Same thresholds as `threshold_at_far`, found with a partial sort (fast enough to run every epoch).
+    """
+    impostor = np.asarray(impostor, dtype=np.float64)
+    genuine = np.asarray(genuine, dtype=np.float64)
+    result = {}
+    for far in fars:
+        allowed = int(np.floor(far * len(impostor)))
+        if len(impostor) == 0:
+            threshold = -np.inf
+        elif allowed >= len(impostor):
+            threshold = float(impostor.min())
+        else:
+            kth = -np.partition(-impostor, allowed)[allowed]  # the (allowed+1)-th highest score
+            threshold = float(np.nextafter(kth, np.inf))
+        result[f"tar_at_far_{far:.0e}"] = float(np.mean(genuine >= threshold)) if len(genuine) else 0.0
+        result[f"threshold_at_far_{far:.0e}"] = threshold
+    return result
