@@ -23,6 +23,8 @@
   const nameInput = form.querySelector("#name");
 
   const SHOT_QUALITY = 0.92;
+  // On a person's page the photo grid is server-rendered: reload it after a clean upload.
+  const onPersonPage = form.dataset.mode === "existing";
   // Each item: {file, url, reason, faces: [[l, t, r, b]], size: [w, h], face: index or null}
   let pending = [];
   let stream = null;
@@ -52,6 +54,12 @@
     URL.revokeObjectURL(item.url);
     pending = pending.filter((other) => other !== item);
     renderPending();
+  }
+
+  function preview(item) {
+    const image = el("img", { src: item.url, alt: item.file.name });
+    image.addEventListener("error", () => image.replaceWith(el("span", { class: "no-preview", text: "no preview" })));
+    return image;
   }
 
   function faceButtons(item) {
@@ -92,7 +100,7 @@
         return el(
           "li",
           { class: "pending-item" + (picking ? " pick" : "") + (item.reason ? " rejected" : "") },
-          el("div", { class: "frame" }, el("img", { src: item.url, alt: item.file.name }), ...faceButtons(item)),
+          el("div", { class: "frame" }, preview(item), ...faceButtons(item)),
           el("span", { class: "file", text: item.file.name }),
           status,
           remove,
@@ -228,7 +236,7 @@
       const more = data.rejected ? ` ${data.rejected} photo(s) were not accepted; see below.` : "";
       const link = wasNew ? { href: person.url, text: `Open ${person.name}'s page` } : { href: person.url, text: "Show all photos" };
       showResults(what + more, "ok", outcomes, link);
-      if (!wasNew && !data.rejected) window.location.reload();
+      if (onPersonPage && !data.rejected) window.location.reload();
     }
   }
 

@@ -39,13 +39,10 @@ def enroll_json(client, name: str, files: list[tuple[str, bytes]], **extra):
     return client.post("/people/new", data=data, headers={"Accept": "application/json"})
 
 
-def on_background(jpeg: bytes, size: tuple[int, int] = (640, 480), grey: int = 200) -> bytes:
-    """A portrait pasted in the middle of a plain frame, as JPEG (what a webcam frame looks like here)."""
-    portrait = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    frame = Image.new("RGB", size, (grey, grey, grey))
-    frame.paste(portrait, ((size[0] - portrait.width) // 2, (size[1] - portrait.height) // 2))
+def on_background(jpeg: bytes, quality: int = 85) -> bytes:
+    """A portrait pasted in the middle of a plain 640x480 frame, as JPEG (what a webcam frame looks like here)."""
     out = io.BytesIO()
-    frame.save(out, "JPEG", quality=85)
+    Image.fromarray(webcam_frame(io.BytesIO(jpeg))).save(out, "JPEG", quality=quality)
     return out.getvalue()
 
 
@@ -93,3 +90,25 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path) -> No
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server.py did not get ready in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+def write_y4m(path: Path, frames: list, fps: int) -> None:
+    """Frames (uint8 [H, W, 3] RGB, all one size) as a YUV4MPEG2 4:2:0 file, what Chromium's fake camera plays."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+
+
+def webcam_frame(portrait, size: tuple[int, int] = (640, 480), grey: int = 200):
+    """A portrait (path or file object) in the middle of a plain frame, as an RGB uint8 array."""
+    import numpy as np
+
+    image = Image.open(portrait).convert("RGB")
+    frame = Image.new("RGB", size, (grey, grey, grey))
+    frame.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    return np.asarray(frame)

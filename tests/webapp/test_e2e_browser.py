@@ -1,0 +1,132 @@
+"""End to end in headless Chromium: add a person from the browser, then see them named live.
+
+Chromium's fake camera plays a .y4m built here: unseen photos of the enrolled
+person, then photos of someone never enrolled. The test enrolls through the
+add-person page (file upload, plus picking a face in a group photo), then
+waits for the live page to list the name and later "Unknown". Screenshots and
+the live page's measured fps and latency go to the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from web_helpers import ENROLLED, STRANGER, running_server, webcam_frame, write_y4m
+
+CHROMIUM = Path("/usr/bin/chromium")
+NAME = "Ada Lovelace"
+FPS = 5
+FRAMES_PER_PHOTO = 8  # each photo stays 1.6 s in view
+LIVE_TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def fake_camera(tmp_path_factory, celeba_dir) -> Path:
+    """Unseen photos of the enrolled person, then a stranger's, as a 640x480 y4m video (it loops)."""
+    portraits = [celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (10, 11, 12)]
+    portraits += [celeba_dir / STRANGER / f"{STRANGER}_{i:04d}.jpg" for i in (1, 2, 3)]
+    frames = [webcam_frame(path) for path in portraits for _ in range(FRAMES_PER_PHOTO)]
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    write_y4m(path, frames, FPS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(fake_camera):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found; install Debian's chromium (scripts/setup.sh does with WITH_BROWSER=1)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={fake_camera}",
+                "--use-fake-ui-for-media-stream",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def test_add_a_person_in_the_browser_then_see_them_named_live(
+    browser, tmp_path, celeba_dir, samples_dir, output_dir
+):
+    from playwright.sync_api import expect
+
+    shots = output_dir / "e2e"
+    shots.mkdir(parents=True, exist_ok=True)
+    with running_server(tmp_path / "data") as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        sockets = []
+        page.on("websocket", lambda ws: sockets.append(ws))
+
+        # Add person: three photos of them, a group photo and a file that is not an image.
+        page.goto(f"{url}/people/new")
+        page.fill("#name", NAME)
+        enrolled = [celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3)]
+        page.set_input_files("#photo-files", enrolled + [samples_dir / "two_people.jpg", samples_dir / "not_an_image.jpg"])
+        expect(page.locator("#pending > li")).to_have_count(5)
+        page.click("#enroll-submit")
+        expect(page.locator("#results-summary")).to_contain_text(f"Added {NAME} with 3 photo(s).")
+        expect(page.locator(".outcome.accepted")).to_have_count(3)
+        expect(page.locator(".outcome.rejected")).to_have_count(2)
+        expect(page.locator(".outcome.rejected").first).to_contain_text("rejected: several faces (2)")
+        expect(page.locator(".outcome.rejected").last).to_contain_text("rejected: unreadable file")
+        face_boxes = page.locator("#pending .pick .face-box")
+        expect(face_boxes).to_have_count(2)
+        page.screenshot(path=shots / "1-add-person-outcomes.png", full_page=True)
+
+        # Pick the left face of the group photo (that is them) and send it again.
+        left = min(range(2), key=lambda i: face_boxes.nth(i).bounding_box()["x"])
+        face_boxes.nth(left).click()
+        expect(page.locator("#pending .pick .status")).to_contain_text("face")
+        page.locator("#pending .pending-item", has_text="not_an_image.jpg").locator(".remove").click()
+        expect(page.locator("#pending > li")).to_have_count(1)
+        page.click("#enroll-submit")
+        expect(page.locator("#results-summary")).to_contain_text(f"Added 1 photo(s) to {NAME}.")
+        expect(page.locator("#pending > li")).to_have_count(0)
+        page.screenshot(path=shots / "2-add-person-face-picked.png", full_page=True)
+
+        # The person page and the people list.
+        page.click("#results-summary a")
+        expect(page.locator("#person-name")).to_have_text(NAME)
+        expect(page.locator("#photos > li")).to_have_count(4)
+        page.screenshot(path=shots / "3-person.png", full_page=True)
+        page.goto(f"{url}/people")
+        expect(page.locator("#people .card")).to_have_count(1)
+        expect(page.locator("#people .card")).to_contain_text("4 photos")
+        page.screenshot(path=shots / "4-people.png", full_page=True)
+
+        # Live: the fake camera shows them, then a stranger.
+        page.goto(f"{url}/live")
+        labels = page.locator("#live-faces")
+        expect(labels.locator("li.known")).to_contain_text(NAME, timeout=LIVE_TIMEOUT_MS)
+        page.screenshot(path=shots / "5-live-named.png")
+        expect(labels.locator("li.unknown")).to_have_text("Unknown", timeout=LIVE_TIMEOUT_MS)
+        page.screenshot(path=shots / "6-live-unknown.png")
+        expect(labels.locator("li.known")).to_contain_text(NAME, timeout=LIVE_TIMEOUT_MS)  # the video loops
+        stats = page.evaluate("window.liveStats")
+        shown = {key: page.locator(f"#live-{key}").inner_text() for key in ("fps", "rtt", "server-ms", "size")}
+        context.close()
+
+    report = {"stats": stats, "shown": shown}
+    (shots / "live-stats.json").write_text(json.dumps(report, indent=2))
+    print(f"\nlive page: {json.dumps(report)}")
+    assert errors == []
+    assert stats["answered"] >= 5 and stats["fps"] > 0 and stats["rttMs"] > 0
+    assert shown["size"] == "640×480"
+    live_sockets = [ws for ws in sockets if "/socket.io/" in ws.url]
+    assert live_sockets and all("transport=websocket" in ws.url for ws in live_sockets)
