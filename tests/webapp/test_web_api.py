@@ -239,3 +239,23 @@ def test_status_reports_the_model(client, enrolled):
 def test_enroll_json_helper_matches_the_api(client, photo):
     answer = enroll_json(client, "Ada", [photo(ENROLLED, 1)])
     assert answer.status_code == 201 and answer.get_json()["person"]["name"] == "Ada"
+
+
+def test_a_failed_enrollment_leaves_no_files_rows_or_embeddings(app, client, photo, monkeypatch):
+    from webapp import store
+
+    real_to_blob = store.to_blob
+    calls = []
+
+    def to_blob(vector):
+        calls.append(vector)
+        if len(calls) == 3:  # the second photo's row: the transaction fails half-way
+            raise OSError("disk full")
+        return real_to_blob(vector)
+
+    monkeypatch.setattr(store, "to_blob", to_blob)
+    with pytest.raises(OSError, match="disk full"):
+        enroll_json(client, "Ada", [photo(ENROLLED, i) for i in (1, 2, 3)])
+    assert client.get("/api/people").get_json()["people"] == []
+    assert [p.name for p in app.config["DATA_DIR"].rglob("*") if p.is_file() and "jpg" in p.name] == []
+    assert len(app.extensions["faces"].gallery) == 0 and app.extensions["faces"].names == {}
