@@ -56,10 +56,15 @@
     renderPending();
   }
 
+  function image(src, attrs) {
+    // Files the browser cannot show (the server will say why) get a plain tile instead.
+    const node = el("img", { src, ...attrs });
+    node.addEventListener("error", () => node.replaceWith(el("span", { class: "no-preview", text: "no preview" })));
+    return node;
+  }
+
   function preview(item) {
-    const image = el("img", { src: item.url, alt: item.file.name });
-    image.addEventListener("error", () => image.replaceWith(el("span", { class: "no-preview", text: "no preview" })));
-    return image;
+    return image(item.url, { alt: item.file.name });
   }
 
   function faceButtons(item) {
@@ -191,7 +196,7 @@
         el(
           "li",
           { class: "outcome " + (outcome.accepted ? "accepted" : "rejected") },
-          el("img", { src: outcome.thumb_url || url, alt: "", width: "64", height: "64" }),
+          image(outcome.thumb_url || url, { alt: "", width: "64", height: "64" }),
           el("span", { class: "file", text: outcome.file }),
           el("span", { class: "status", text: outcome.accepted ? "accepted" : `rejected: ${outcome.reason}` }),
         ),

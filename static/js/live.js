@@ -26,6 +26,7 @@
     timeoutMs: Number(root.dataset.timeoutMs),
   };
   const FPS_WINDOW_MS = 2000;
+  const RETRY_MS = 200;
   const SMOOTHING = 0.2; // weight of the newest round trip in the displayed average
   const KNOWN = "#1f9d55";
   const UNKNOWN = "#e0a100";
@@ -33,9 +34,14 @@
   const capture = document.createElement("canvas");
   const captureContext = capture.getContext("2d");
   // Stats are also on window.liveStats, for tests and the curious.
-  const stats = (window.liveStats = { sent: 0, answered: 0, errors: 0, timeouts: 0, fps: 0, rttMs: null, serverMs: null });
+  const stats = (window.liveStats = {
+    sent: 0, answered: 0, errors: 0, timeouts: 0, fps: 0, rttMs: null, serverMs: null,
+    rttSumMs: 0, rttCount: 0, serverSumMs: 0, // running sums, for averages over any window
+  });
   let inFlight = null; // {id, capturedAt, timer}
   let answerTimes = [];
+  // frame_id counts the frames sent on this connection; a reconnect starts again at 0.
+  let sentOnConnection = 0;
   let lastDrawnId = -1;
 
   const socket = io(config.namespace, { transports: ["websocket"] });
@@ -59,12 +65,15 @@
     const frame = (inFlight = { id: null, capturedAt: performance.now(), timer: null });
     capture.toBlob(
       async (blob) => {
-        if (!blob || !socket.connected) {
+        const buffer = blob && (await blob.arrayBuffer());
+        if (inFlight !== frame) return; // the connection dropped meanwhile
+        if (!buffer || !socket.connected) {
           inFlight = null;
+          setTimeout(sendFrame, RETRY_MS); // (a reconnect also starts sending again)
           return;
         }
-        const buffer = await blob.arrayBuffer();
-        frame.id = stats.sent++;
+        frame.id = sentOnConnection++;
+        stats.sent += 1;
         socket.emit("frame", buffer);
         frame.timer = setTimeout(() => {
           if (inFlight === frame) {
@@ -85,12 +94,16 @@
       clearTimeout(inFlight.timer);
       const rtt = performance.now() - inFlight.capturedAt;
       stats.rttMs = stats.rttMs === null ? rtt : (1 - SMOOTHING) * stats.rttMs + SMOOTHING * rtt;
+      stats.rttSumMs += rtt;
+      stats.rttCount += 1;
       inFlight = null;
     }
     schedule();
   }
 
   socket.on("connect", () => {
+    sentOnConnection = 0;
+    lastDrawnId = -1;
     setStatus("Connected; recognising.");
     schedule();
   });
@@ -108,6 +121,7 @@
     answerTimes = answerTimes.filter((t) => now - t <= FPS_WINDOW_MS);
     if (answerTimes.length > 1) stats.fps = (answerTimes.length - 1) / ((now - answerTimes[0]) / 1000);
     stats.serverMs = answer.ms;
+    stats.serverSumMs += answer.ms;
     settle(answer.frame_id);
     if (answer.frame_id > lastDrawnId) {
       lastDrawnId = answer.frame_id;
