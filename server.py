@@ -20,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     parser = argparse.ArgumentParser(description="Face enrollment and live recognition web app.")
-    parser.add_argument("--host", default=env["HOST"], help="address to listen on (env FACES_HOST; default %(default)s)")
+    parser.add_argument(
+        "--host", default=env["HOST"], help="address to listen on (env FACES_HOST; default %(default)s)"
+    )
     parser.add_argument("--port", type=int, default=env["PORT"], help="port (env FACES_PORT; default %(default)s)")
     parser.add_argument(
         "--data-dir", default=env["DATA_DIR"],

@@ -42,16 +42,40 @@ SETTINGS: tuple[Setting, ...] = (
         "THRESHOLD", "FACES_THRESHOLD", None, _optional_float,
         "cosine similarity needed to name a face (default: the recognizer's, 0.78 for dlib-resnet)",
     ),
-    Setting("MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int, "enrollment photos: smallest face side accepted, in pixels"),
+    Setting(
+        "MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int,
+        "enrollment photos: smallest face side accepted, in pixels",
+    ),
     Setting("MAX_UPLOAD_MB", "FACES_MAX_UPLOAD_MB", 50, float, "largest HTTP request (all photos of one upload)"),
-    Setting("FRAME_WIDTH", "FACES_FRAME_WIDTH", 640, int, "live page: width the browser scales frames to before sending"),
-    Setting("FRAME_JPEG_QUALITY", "FACES_FRAME_JPEG_QUALITY", 0.8, float, "live page: JPEG quality of frames (0..1)"),
+    Setting(
+        "FRAME_WIDTH", "FACES_FRAME_WIDTH", 640, int,
+        "live page: width the browser scales frames to before sending",
+    ),
+    Setting(
+        "FRAME_JPEG_QUALITY", "FACES_FRAME_JPEG_QUALITY", 0.8, float,
+        "live page: JPEG quality of frames (0..1)",
+    ),
     Setting("MAX_FRAME_MB", "FACES_MAX_FRAME_MB", 2.0, float, "live: larger frames get an error event"),
-    Setting("LIVE_MAX_SIDE", "FACES_LIVE_MAX_SIDE", 640, int, "live: frames are scaled down to this side for detection"),
-    Setting("LIVE_UPSAMPLE", "FACES_LIVE_UPSAMPLE", 0, int, "live: detector upsampling (1 finds smaller faces, 4x slower)"),
-    Setting("RECOGNIZE_UPSAMPLE", "FACES_RECOGNIZE_UPSAMPLE", 1, int, "POST /api/recognize: detector upsampling"),
-    Setting("FRAME_TIMEOUT_MS", "FACES_FRAME_TIMEOUT_MS", 3000, int, "live page: send a new frame if no answer came by then"),
-    Setting("SECRET_KEY", "FACES_SECRET_KEY", None, str, "signs flash messages (default: generated once into the data dir)"),
+    Setting(
+        "LIVE_MAX_SIDE", "FACES_LIVE_MAX_SIDE", 640, int,
+        "live: frames are scaled down to this side for detection",
+    ),
+    Setting(
+        "LIVE_UPSAMPLE", "FACES_LIVE_UPSAMPLE", 0, int,
+        "live: detector upsampling (1 finds smaller faces, about 4x slower)",
+    ),
+    Setting(
+        "RECOGNIZE_UPSAMPLE", "FACES_RECOGNIZE_UPSAMPLE", 1, int,
+        "POST /api/recognize: detector upsampling",
+    ),
+    Setting(
+        "FRAME_TIMEOUT_MS", "FACES_FRAME_TIMEOUT_MS", 3000, int,
+        "live page: send a new frame when no answer came by then",
+    ),
+    Setting(
+        "SECRET_KEY", "FACES_SECRET_KEY", None, str,
+        "signs flash messages (default: generated once into the data dir)",
+    ),
 )
 
 

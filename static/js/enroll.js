@@ -94,7 +94,8 @@
         const picking = item.faces.length > 0;
         let status = null;
         if (picking && item.face !== null) {
-          status = el("span", { class: "status", text: `face ${item.face + 1} chosen; press the button below to send it` });
+          const text = `face ${item.face + 1} chosen; press the button below to send it`;
+          status = el("span", { class: "status", text });
         } else if (picking) {
           status = el("span", { class: "status rejected", text: `${item.reason}: click the right face` });
         } else if (item.reason) {
@@ -237,9 +238,11 @@
     } else if (!data.accepted) {
       showResults(`No photo was accepted; nothing was added to ${person.name}.`, "error", outcomes);
     } else {
-      const what = wasNew ? `Added ${person.name} with ${data.accepted} photo(s).` : `Added ${data.accepted} photo(s) to ${person.name}.`;
+      const what = wasNew
+        ? `Added ${person.name} with ${data.accepted} photo(s).`
+        : `Added ${data.accepted} photo(s) to ${person.name}.`;
       const more = data.rejected ? ` ${data.rejected} photo(s) were not accepted; see below.` : "";
-      const link = wasNew ? { href: person.url, text: `Open ${person.name}'s page` } : { href: person.url, text: "Show all photos" };
+      const link = { href: person.url, text: wasNew ? `Open ${person.name}'s page` : "Show all photos" };
       showResults(what + more, "ok", outcomes, link);
       if (onPersonPage && !data.rejected) window.location.reload();
     }
