@@ -2,7 +2,8 @@
 
 Chromium's fake camera plays a .y4m built here: unseen photos of the enrolled
 person, then photos of someone never enrolled. The test enrolls through the
-add-person page (file upload, plus picking a face in a group photo), then
+add-person page (file upload, plus picking a face in a group photo) and adds
+one more photo on the person's page, then
 waits for the live page to list the name and later "Unknown". Screenshots and
 the live page's measured fps and latency go to the output folder.
 """
@@ -91,8 +92,13 @@ def test_add_a_person_in_the_browser_then_see_them_named_live(
         page = context.new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        sockets = []
-        page.on("websocket", lambda ws: sockets.append(ws))
+        sockets, binary_heads = [], []
+
+        def watch(ws):
+            sockets.append(ws)
+            ws.on("framesent", lambda payload: isinstance(payload, bytes) and binary_heads.append(payload[:3]))
+
+        page.on("websocket", watch)
 
         # Add person: three photos of them, a group photo and a file that is not an image.
         page.goto(f"{url}/people/new")
@@ -127,9 +133,12 @@ def test_add_a_person_in_the_browser_then_see_them_named_live(
         expect(page.locator("#person-name")).to_have_text(NAME)
         expect(page.locator("#photos > li")).to_have_count(4)
         page.screenshot(path=shots / "3-person.png", full_page=True)
+        page.set_input_files("#photo-files", [celeba_dir / ENROLLED / f"{ENROLLED}_0004.jpg"])
+        page.click("#enroll-submit")  # all accepted: the page reloads with the new photo
+        expect(page.locator("#photos > li")).to_have_count(5)
         page.goto(f"{url}/people")
         expect(page.locator("#people .card")).to_have_count(1)
-        expect(page.locator("#people .card")).to_contain_text("4 photos")
+        expect(page.locator("#people .card")).to_contain_text("5 photos")
         page.screenshot(path=shots / "4-people.png", full_page=True)
 
         # Live: the fake camera shows them, then a stranger.
@@ -154,3 +163,4 @@ def test_add_a_person_in_the_browser_then_see_them_named_live(
     assert shown["size"] == "640×480"
     live_sockets = [ws for ws in sockets if "/socket.io/" in ws.url]
     assert live_sockets and all("transport=websocket" in ws.url for ws in live_sockets)
+    assert binary_heads and all(head == b"\xff\xd8\xff" for head in binary_heads)  # frames go as binary JPEG
