@@ -2,10 +2,10 @@
 
 Chromium's fake camera plays a .y4m built here: unseen photos of the enrolled
 person, then photos of someone never enrolled. The test enrolls through the
-add-person page (file upload, plus picking a face in a group photo) and adds
-one more photo on the person's page, then
-waits for the live page to list the name and later "Unknown". Screenshots and
-the live page's measured fps and latency go to the output folder.
+add-person page (file upload, plus picking a face in a group photo), adds one
+more photo on the person's page, then waits for the live page to list the name
+and later "Unknown". Screenshots and the live page's measured fps and latency
+go to the output folder.
 """
 
 from __future__ import annotations
