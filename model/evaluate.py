@@ -130,6 +130,7 @@ class Embedded:
     no_face: int
     unreadable: int
     seconds: float
+    computed: int  # photos read and embedded in this run (the rest came from the cache)
 
 
 def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | None = None) -> Embedded:
@@ -140,7 +141,7 @@ def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | Non
     """
     tag = recognizer.backbone.name + ("+flip" if recognizer.flip else "")
     cached = _read_cache(cache, tag)
-    features, no_face, unreadable = {}, 0, 0
+    features, no_face, unreadable, computed = {}, 0, 0, 0
     start = time.perf_counter()
     for path in tqdm(sorted(set(paths)), desc="embedding", unit="img", file=sys.stderr):
         key = str(Path(path).resolve())
@@ -156,6 +157,7 @@ def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | Non
             continue
         face, detected = recognizer.portrait_face(photo)
         no_face += not detected
+        computed += 1
         features[path] = recognizer.features(photo, [face])[0]
         cached[key] = (features[path], detected)
     seconds = time.perf_counter() - start
@@ -163,7 +165,7 @@ def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | Non
         _write_cache(cache, tag, cached)
     found = list(features)
     vectors = recognizer.embed(np.stack([features[p] for p in found])) if found else []
-    return Embedded(dict(zip(found, vectors)), no_face, unreadable, seconds)
+    return Embedded(dict(zip(found, vectors)), no_face, unreadable, seconds, computed)
 
 
 def _read_cache(cache: Path | None, tag: str) -> dict:
@@ -209,7 +211,8 @@ def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path |
         "pairs": int(len(scores)),
         "no_face": embedded.no_face,
         "unreadable": embedded.unreadable,
-        "ms_per_image": round(1000 * embedded.seconds / max(len(embedded.vectors) + embedded.unreadable, 1), 1),
+        # Detection + landmarks + embedding per photo; None when every photo came from the cache.
+        "ms_per_image": round(1000 * embedded.seconds / embedded.computed, 1) if embedded.computed else None,
     }
 
 
