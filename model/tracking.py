@@ -1,0 +1,159 @@
+"""Follow faces across the frames of one video stream, so most frames skip detection and embedding.
+
+Per frame, `FaceTracker.update` does one of two cheap things and one rare one:
+
+- detection frames (every `detect_every` frames, or when nothing is tracked):
+  HOG on a scaled-down copy, then detections are paired with tracks by box overlap;
+- the frames between: each track's landmarks are refitted inside its last box
+  (about 1 ms a face) and the box follows the landmarks;
+- embedding runs only for new tracks and, every `reembed_every` frames, for
+  tracks whose label is not settled; all such faces go in one batch.
+
+Each track keeps its last `votes` decisions and reports the most common one,
+so a name does not flicker when one frame's similarity dips below the threshold.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model.detect import Face
+from model.gallery import Gallery, Match
+from model.recognizer import Recognizer
+
+
+@dataclass
+class Track:
+    """One face followed across frames."""
+
+    track_id: int
+    face: Face
+    born: int
+    last_embedded: int = -(10**9)
+    misses: int = 0
+    decisions: deque = field(default_factory=lambda: deque(maxlen=5))
+
+    def label(self) -> Match | None:
+        """The most common recent decision (ties go to the newest), or None before any."""
+        if not self.decisions:
+            return None
+        counts = Counter(match.person_id for match in self.decisions)
+        top = max(counts.values())
+        for match in reversed(self.decisions):
+            if counts[match.person_id] == top:
+                return match
+        return None  # unreachable
+
+    def settled(self) -> bool:
+        """True when every remembered decision agrees and the memory is full."""
+        return len(self.decisions) == self.decisions.maxlen and len({m.person_id for m in self.decisions}) == 1
+
+
+@dataclass(frozen=True)
+class TrackedFace:
+    """What the stream reports for one face in one frame."""
+
+    track_id: int
+    face: Face
+    match: Match
+
+
+def box_iou(a: NDArray, b: NDArray) -> float:
+    """Intersection over union of two [left, top, right, bottom] boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = float(width * height)
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union
+
+
+class FaceTracker:
+    """Tracks, labels and votes for the faces of one stream. Not thread-safe: one per stream.
+
+    :param recognizer: a loaded Recognizer.
+    :param detect_every: run the detector on every n-th frame (1 = every frame).
+    :param reembed_every: re-embed unsettled tracks after this many frames.
+    :param max_side: detect on a copy scaled so its longer side is at most this.
+    :param upsample: detector upsampling for the scaled copy.
+    :param min_iou: a detection continues a track when their boxes overlap this much.
+    :param max_misses: drop a track after this many detection frames without it.
+    """
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        *,
+        detect_every: int = 5,
+        reembed_every: int = 15,
+        max_side: int | None = 480,
+        upsample: int = 0,
+        min_iou: float = 0.3,
+        max_misses: int = 1,
+    ):
+        self.recognizer = recognizer
+        self.detect_every = max(1, detect_every)
+        self.reembed_every = reembed_every
+        self.max_side = max_side
+        self.upsample = upsample
+        self.min_iou = min_iou
+        self.max_misses = max_misses
+        self.tracks: list[Track] = []
+        self.frame_index = -1
+        self._next_id = 0
+
+    def update(self, frame: NDArray[np.uint8], gallery: Gallery) -> list[TrackedFace]:
+        """Process the next frame of the stream (RGB uint8) and report every tracked face."""
+        self.frame_index += 1
+        if not self.tracks or self.frame_index % self.detect_every == 0:
+            self._detect(frame)
+        else:
+            self._follow(frame)
+        self._embed_due(frame, gallery)
+        return [TrackedFace(t.track_id, t.face, t.label()) for t in self.tracks if t.label() is not None]
+
+    def reset(self) -> None:
+        """Forget all tracks (e.g. after the gallery or head changed)."""
+        self.tracks = []
+
+    def _detect(self, frame: NDArray[np.uint8]) -> None:
+        faces = self.recognizer.find_faces(frame, upsample=self.upsample, max_side=self.max_side)
+        unmatched = list(range(len(faces)))
+        for track in sorted(self.tracks, key=lambda t: t.born):
+            overlaps = [(box_iou(track.face.box, faces[i].box), i) for i in unmatched]
+            best = max(overlaps, default=(0.0, -1))
+            if best[0] >= self.min_iou:
+                track.face, track.misses = faces[best[1]], 0
+                unmatched.remove(best[1])
+            else:
+                track.misses += 1
+        self.tracks = [t for t in self.tracks if t.misses <= self.max_misses]
+        for i in unmatched:
+            self.tracks.append(Track(self._next_id, faces[i], born=self.frame_index))
+            self._next_id += 1
+
+    def _follow(self, frame: NDArray[np.uint8]) -> None:
+        """Refit landmarks inside each box and move the box with them."""
+        for track in self.tracks:
+            refit = self.recognizer.detector.refit(frame, track.face)
+            if refit is not None:
+                track.face = refit
+
+    def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery) -> None:
+        due = [
+            t
+            for t in self.tracks
+            if not t.decisions or (not t.settled() and self.frame_index - t.last_embedded >= self.reembed_every)
+            or self.frame_index - t.last_embedded >= 4 * self.reembed_every
+        ]
+        if not due:
+            return
+        embeddings = self.recognizer.embed_faces(frame, [t.face for t in due])
+        for track, match in zip(due, gallery.match(embeddings, self.recognizer.threshold)):
+            track.decisions.append(match)
+            track.last_embedded = self.frame_index
