@@ -40,7 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str, "feature network: dlib-resnet or vgg16-face"),
     Setting(
         "THRESHOLD", "FACES_THRESHOLD", None, _optional_float,
-        "cosine similarity needed to name a face (default: the recognizer's, 0.78 for dlib-resnet)",
+        "cosine similarity needed to name a face (default: the head's own, else model.recognizer.DEFAULT_THRESHOLD)",
     ),
     Setting(
         "MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int,
