@@ -128,23 +128,25 @@ def _preprocess(x, mode: str):
     return x
 
 
-def _load_vgg_face(weights: Path):
-    from model.backbones import build_vgg_face
+def freeze_all_but_last(model, trainable_layers: int | None) -> None:
+    """Freeze every layer except the last `trainable_layers` layers that have weights (None: freeze none).
 
+    BatchNormalization layers are always frozen: Keras then runs them in inference mode,
+    so small fine-tuning batches cannot shift their statistics.
+    """
     import keras
 
-    full = build_vgg_face(include_top=True)
-    try:
-        full.load_weights(str(weights))
-        return keras.Model(full.input, full.get_layer("fc7").output, name="vgg_face_fc7")
-    except ValueError:  # a file saved without the 2622-way top
-        model = build_vgg_face(include_top=False)
-        model.load_weights(str(weights))
-        return model
+    if trainable_layers is not None:
+        weighted = [layer for layer in model.layers if layer.weights]
+        for layer in weighted[: max(0, len(weighted) - trainable_layers)]:
+            layer.trainable = False
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def build_backbone(name: str, weights: Path | None = None, *, input_size: int | None = None,
-                   trainable_layers: int | None = None):
+                   trainable_layers: int | None = None, options: dict | None = None):
     """A backbone as a Keras model, with the requested layers frozen.
 
     :param name: 'vgg16-face' or a keras.applications model name ('MobileNetV2', ...).
@@ -153,16 +155,19 @@ def build_backbone(name: str, weights: Path | None = None, *, input_size: int | 
     :param input_size: chip side (vgg16-face is always 224; applications default 224).
     :param trainable_layers: train only the last N layers that have weights (vgg16-face
         default 2: fc6, fc7); None trains all.
+    :param options: extra keyword arguments for the keras.applications constructor (e.g. alpha=0.35).
     :return: (keras.Model on preprocessed input, input_size, preprocess mode).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     if name == VGG_FACE:
+        from model.backbones import VGG16Face
+
         path = Path(weights) if weights else WEIGHTS_DIR / VGG_FACE_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f"vgg16-face needs its weights file at {path} (never downloaded)")
-        model = _load_vgg_face(path)
+        model = VGG16Face(path).load()._model  # the app's own loader: with or without the 2622-way top
         size = 224
         if trainable_layers is None:
             trainable_layers = DEFAULT_VGG_TRAINABLE
@@ -171,16 +176,11 @@ def build_backbone(name: str, weights: Path | None = None, *, input_size: int | 
         if constructor is None or not callable(constructor):
             raise ValueError(f"keras.applications has no model '{name}'")
         size = input_size or 224
-        model = constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+        model = constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg",
+                            **(options or {}))
         if weights:
             model.load_weights(str(weights))
-    if trainable_layers is not None:
-        weighted = [layer for layer in model.layers if layer.weights]
-        for layer in weighted[: max(0, len(weighted) - trainable_layers)]:
-            layer.trainable = False
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # Keras runs a frozen BatchNorm in inference mode: small batches can't shift it
+    freeze_all_but_last(model, trainable_layers)
     return model, size, preprocess_mode(name)
 
 
@@ -254,7 +254,9 @@ def load_chips(images: Path, *, sizes: Sequence[tuple[int, float]], people: int 
 
 def embed_chips(model, chips: NDArray[np.uint8], batch_size: int = 32) -> NDArray[np.float32]:
     """Run an embedding model on uint8 chips in batches: float32 [N, 128]."""
-    parts = [np.asarray(model(chips[i : i + batch_size].astype(np.float32), training=False))
+    from keras import ops
+
+    parts = [ops.convert_to_numpy(model(chips[i : i + batch_size].astype(np.float32), training=False))
              for i in range(0, len(chips), batch_size)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, EMBEDDING_DIM), np.float32)
 
