@@ -6,8 +6,10 @@ Per frame, `FaceTracker.update` does one of two cheap things and one rare one:
   HOG on a scaled-down copy, then detections are paired with tracks by box overlap;
 - the frames between: each track's landmarks are refitted inside its last box
   (about 1 ms a face) and the box follows the landmarks;
-- embedding runs only for new tracks and, every `reembed_every` frames, for
-  tracks whose label is not settled; all such faces go in one batch.
+- embedding runs for new tracks at once, for unsettled tracks every
+  `recheck_every` frames and for settled ones every `reembed_every` frames
+  (so a different person stepping into the same place is noticed); all faces
+  due in a frame go in one batch.
 
 Each track keeps its last `votes` decisions and reports the most common one,
 so a name does not flicker when one frame's similarity dips below the threshold.
@@ -35,7 +37,7 @@ class Track:
     born: int
     last_embedded: int = -(10**9)
     misses: int = 0
-    decisions: deque = field(default_factory=lambda: deque(maxlen=5))
+    decisions: deque = field(default_factory=lambda: deque(maxlen=3))
 
     def label(self) -> Match | None:
         """The most common recent decision (ties go to the newest), or None before any."""
@@ -78,7 +80,9 @@ class FaceTracker:
 
     :param recognizer: a loaded Recognizer.
     :param detect_every: run the detector on every n-th frame (1 = every frame).
-    :param reembed_every: re-embed unsettled tracks after this many frames.
+    :param recheck_every: re-embed a track whose recent decisions disagree after this many frames.
+    :param reembed_every: re-embed a settled track after this many frames.
+    :param votes: how many recent decisions a track's label is voted from.
     :param max_side: detect on a copy scaled so its longer side is at most this.
     :param upsample: detector upsampling for the scaled copy.
     :param min_iou: a detection continues a track when their boxes overlap this much.
@@ -90,7 +94,9 @@ class FaceTracker:
         recognizer: Recognizer,
         *,
         detect_every: int = 5,
+        recheck_every: int = 5,
         reembed_every: int = 15,
+        votes: int = 3,
         max_side: int | None = 480,
         upsample: int = 0,
         min_iou: float = 0.3,
@@ -98,7 +104,9 @@ class FaceTracker:
     ):
         self.recognizer = recognizer
         self.detect_every = max(1, detect_every)
+        self.recheck_every = recheck_every
         self.reembed_every = reembed_every
+        self.votes = votes
         self.max_side = max_side
         self.upsample = upsample
         self.min_iou = min_iou
@@ -134,7 +142,7 @@ class FaceTracker:
                 track.misses += 1
         self.tracks = [t for t in self.tracks if t.misses <= self.max_misses]
         for i in unmatched:
-            self.tracks.append(Track(self._next_id, faces[i], born=self.frame_index))
+            self.tracks.append(Track(self._next_id, faces[i], born=self.frame_index, decisions=deque(maxlen=self.votes)))
             self._next_id += 1
 
     def _follow(self, frame: NDArray[np.uint8]) -> None:
@@ -144,13 +152,13 @@ class FaceTracker:
             if refit is not None:
                 track.face = refit
 
+    def _embed_interval(self, track: Track) -> int:
+        if not track.decisions:
+            return 0
+        return self.reembed_every if track.settled() else self.recheck_every
+
     def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery) -> None:
-        due = [
-            t
-            for t in self.tracks
-            if not t.decisions or (not t.settled() and self.frame_index - t.last_embedded >= self.reembed_every)
-            or self.frame_index - t.last_embedded >= 4 * self.reembed_every
-        ]
+        due = [t for t in self.tracks if self.frame_index - t.last_embedded >= self._embed_interval(t)]
         if not due:
             return
         embeddings = self.recognizer.embed_faces(frame, [t.face for t in due])

@@ -97,3 +97,16 @@ def test_a_face_that_leaves_is_dropped(recognizer, celeba_dir, gallery):
     for _ in range(4):
         faces = tracker.update(empty, gallery)
     assert faces == [] and tracker.tracks == []
+
+
+def test_a_different_person_in_the_same_place_is_noticed(recognizer, celeba_dir, gallery):
+    tracker = FaceTracker(recognizer, detect_every=5, recheck_every=5, reembed_every=15, votes=3)
+    known, _ = video([portrait(celeba_dir, "celeb_7201", 1)], steps=1)
+    stranger, _ = video([portrait(celeba_dir, "celeb_7205", 1)], steps=1)
+    for _ in range(20):
+        faces = tracker.update(known[0], gallery)
+    assert faces[0].match.person_id == 7201
+    labels = [tracker.update(stranger[0], gallery)[0].match.person_id for _ in range(30)]
+    assert labels[-1] is None
+    # The name holds for at most one re-embed interval plus one recheck, then flips.
+    assert labels.index(None) <= 15 + 5
