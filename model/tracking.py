@@ -11,6 +11,13 @@ Per frame, `FaceTracker.update` does one of two cheap things and one rare one:
   (so a different person stepping into the same place is noticed); all faces
   due in a frame go in one batch.
 
+A track also remembers a tiny grayscale thumbnail of its face from the last
+embedding. When the face in the box stops looking like it (correlation below
+`change_corr`; another person's face scores at most about 0.7 on CelebA,
+the same face moving about 1.0), the old decisions are dropped and the face
+is embedded again at once, so a different person in the same place is named
+on the next frame, not after several re-checks.
+
 Each track keeps its last `votes` decisions and reports the most common one,
 so a name does not flicker when one frame's similarity dips below the threshold.
 """
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+
+import cv2
 
 from model.detect import Face
 from model.gallery import Gallery, Match
@@ -38,6 +47,7 @@ class Track:
     last_embedded: int = -(10**9)
     misses: int = 0
     decisions: deque = field(default_factory=lambda: deque(maxlen=3))
+    looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
 
     def label(self) -> Match | None:
         """The most common recent decision (ties go to the newest), or None before any."""
@@ -64,6 +74,30 @@ class TrackedFace:
     match: Match
 
 
+APPEARANCE_SIDE = 24
+
+
+def appearance(frame: NDArray[np.uint8], face: Face) -> NDArray[np.float32] | None:
+    """A tiny zero-mean, unit-length grayscale picture of the face (None when it is off the frame).
+
+    The square is placed from the landmarks, not the box: detector boxes jitter
+    by several pixels between frames, the landmarks much less.
+    """
+    centre = face.landmarks.mean(axis=0)
+    spread = float(np.ptp(face.landmarks[:, 0]))
+    half = max(4.0, 0.9 * spread)
+    left, top = (int(round(v - half)) for v in centre)
+    right, bottom = (int(round(v + half)) for v in centre)
+    crop = frame[max(0, top) : max(0, bottom), max(0, left) : max(0, right)]
+    if crop.size == 0:
+        return None
+    gray = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (APPEARANCE_SIDE, APPEARANCE_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = small.ravel() - small.mean()
+    norm = float(np.linalg.norm(small))
+    return small / norm if norm > 0 else None
+
+
 def box_iou(a: NDArray, b: NDArray) -> float:
     """Intersection over union of two [left, top, right, bottom] boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
@@ -87,6 +121,7 @@ class FaceTracker:
     :param upsample: detector upsampling for the scaled copy.
     :param min_iou: a detection continues a track when their boxes overlap this much.
     :param max_misses: drop a track after this many detection frames without it.
+    :param change_corr: below this appearance correlation a track is re-identified from scratch.
     """
 
     def __init__(
@@ -101,6 +136,7 @@ class FaceTracker:
         upsample: int = 0,
         min_iou: float = 0.3,
         max_misses: int = 1,
+        change_corr: float = 0.8,
     ):
         self.recognizer = recognizer
         self.detect_every = max(1, detect_every)
@@ -111,6 +147,7 @@ class FaceTracker:
         self.upsample = upsample
         self.min_iou = min_iou
         self.max_misses = max_misses
+        self.change_corr = change_corr
         self.tracks: list[Track] = []
         self.frame_index = -1
         self._next_id = 0
@@ -122,8 +159,11 @@ class FaceTracker:
             self._detect(frame)
         else:
             self._follow(frame)
-        self._embed_due(frame, gallery)
-        return [TrackedFace(t.track_id, t.face, t.label()) for t in self.tracks if t.label() is not None]
+        looks = {t.track_id: appearance(frame, t.face) for t in self.tracks}
+        for track in self.tracks:
+            self._notice_change(track, looks[track.track_id])
+        self._embed_due(frame, gallery, looks)
+        return [TrackedFace(t.track_id, t.face, t.label()) for t in self.tracks if t.decisions]
 
     def reset(self) -> None:
         """Forget all tracks (e.g. after the gallery or head changed)."""
@@ -152,12 +192,19 @@ class FaceTracker:
             if refit is not None:
                 track.face = refit
 
+    def _notice_change(self, track: Track, looks: NDArray[np.float32] | None) -> None:
+        """Forget a track's decisions when its face no longer looks like the one last embedded."""
+        if track.looks is None or looks is None:
+            return
+        if float(track.looks @ looks) < self.change_corr:
+            track.decisions.clear()
+
     def _embed_interval(self, track: Track) -> int:
         if not track.decisions:
             return 0
         return self.reembed_every if track.settled() else self.recheck_every
 
-    def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery) -> None:
+    def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery, looks: dict) -> None:
         due = [t for t in self.tracks if self.frame_index - t.last_embedded >= self._embed_interval(t)]
         if not due:
             return
@@ -165,3 +212,4 @@ class FaceTracker:
         for track, match in zip(due, gallery.match(embeddings, self.recognizer.threshold)):
             track.decisions.append(match)
             track.last_embedded = self.frame_index
+            track.looks = looks[track.track_id]

@@ -81,6 +81,8 @@ def _face_service(app: Flask) -> FaceService:
         min_face=app.config["MIN_FACE_PX"],
         live_max_side=app.config["LIVE_MAX_SIDE"],
         live_upsample=app.config["LIVE_UPSAMPLE"],
+        live_detect_every=app.config["LIVE_DETECT_EVERY"],
+        live_reembed_every=app.config["LIVE_REEMBED_EVERY"],
         recognize_upsample=app.config["RECOGNIZE_UPSAMPLE"],
         max_frame_bytes=app.config["MAX_FRAME_BYTES"],
     )

@@ -3,7 +3,9 @@
 Per connection there is one slot holding the newest frame not yet processed; a
 newer frame replaces it (the older one is dropped and its frame_id never
 answered). One worker thread takes the slots in turn, runs recognition and
-emits `faces` to that connection only. Handlers only validate and store, so a
+emits `faces` to that connection only. Each connection has its own face
+tracks (model.tracking.FaceTracker), so most frames skip detection and
+embedding and names are voted over the last few decisions. Handlers only validate and store, so a
 slow model never holds up the socket; nothing queues.
 
 Contract: the client emits `frame` with JPEG bytes as a binary payload. The
@@ -24,7 +26,7 @@ from flask_socketio import emit
 
 from model.images import ImageError, decode_image
 from webapp.extensions import socketio
-from webapp.faces import FaceService, ModelNotReady
+from webapp.faces import FaceService, LiveStream, ModelNotReady
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class LiveFrames:
         self.max_bytes = max_bytes
         self._slots: dict[str, tuple[int, bytes]] = {}
         self._sent: dict[str, int] = {}
+        self._streams: dict[str, LiveStream] = {}
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self.processed = 0
@@ -53,6 +56,7 @@ class LiveFrames:
     def connect(self, sid: str) -> None:
         with self._wake:
             self._sent[sid] = 0
+            self._streams[sid] = self.service.new_stream()
             if self._worker is None:
                 self._worker = self.server.start_background_task(self._run)
 
@@ -60,6 +64,7 @@ class LiveFrames:
         with self._wake:
             self._sent.pop(sid, None)
             self._slots.pop(sid, None)
+            self._streams.pop(sid, None)
 
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
         """Count a received frame; keep it as the connection's newest, or say why not.
@@ -81,28 +86,35 @@ class LiveFrames:
             self._wake.notify()
         return frame_id, None
 
-    def _take(self) -> tuple[str, int, bytes]:
+    def _take(self) -> tuple[str, int, bytes, LiveStream | None]:
         """Wait for a frame; connections take turns in the order their slots were filled."""
         with self._wake:
             while not self._slots:
                 self._wake.wait()
             sid = next(iter(self._slots))
             frame_id, data = self._slots.pop(sid)
-        return sid, frame_id, data
+            return sid, frame_id, data, self._streams.get(sid)
 
     def _run(self) -> None:
         while True:
-            sid, frame_id, data = self._take()
-            event, payload = self.answer(frame_id, data)
+            sid, frame_id, data, stream = self._take()
+            event, payload = self.answer(frame_id, data, stream)
             self.processed += 1
             self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
 
-    def answer(self, frame_id: int, data: bytes) -> tuple[str, dict]:
-        """('faces', payload) for a frame, or ('error', {error, frame_id})."""
+    def answer(self, frame_id: int, data: bytes, stream: LiveStream | None = None) -> tuple[str, dict]:
+        """('faces', payload) for a frame, or ('error', {error, frame_id}).
+
+        With a stream, faces are tracked across that connection's frames;
+        without, the frame is recognised on its own.
+        """
         started = time.perf_counter()
         try:
             frame = decode_image(data, max_bytes=self.max_bytes)
-            faces = self.service.recognize(frame, live=True)
+            if stream is None:
+                faces = self.service.recognize(frame, live=True)
+            else:
+                faces = self.service.recognize_stream(stream, frame)
         except ImageError as exc:
             return "error", {"error": f"bad frame: {exc}", "frame_id": frame_id}
         except ModelNotReady as exc:

@@ -21,7 +21,10 @@ from model.backbones import BackboneUnavailable
 from model.gallery import Gallery
 from model.head import HeadUnavailable
 from model.images import ImageError, decode_image
-from model.recognizer import EnrollmentRejected, Recognition, Recognizer
+from model.detect import Face
+from model.gallery import Match
+from model.recognizer import EnrollmentRejected, Recognizer
+from model.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,14 @@ class Candidate:
         return None if self.photo is None else (int(self.photo.shape[1]), int(self.photo.shape[0]))
 
 
+@dataclass
+class LiveStream:
+    """One live connection's face tracks, and the gallery version its labels were voted against."""
+
+    tracker: FaceTracker
+    gallery_version: int
+
+
 class FaceService:
     """Recognizer + Gallery + names, with lazy loading and one lock around the model.
 
@@ -66,6 +77,8 @@ class FaceService:
     :param min_face: enrollment photos need a face at least this many pixels on a side.
     :param live_max_side: live frames are detected on a copy scaled to this side.
     :param live_upsample: detector upsampling for live frames.
+    :param live_detect_every: live streams run the detector on every n-th frame and track in between.
+    :param live_reembed_every: live streams re-identify settled faces after this many frames.
     :param recognize_upsample: detector upsampling for uploaded images (/api/recognize).
     :param max_frame_bytes: live frames larger than this are refused.
     """
@@ -78,6 +91,8 @@ class FaceService:
         live_max_side: int,
         live_upsample: int,
         recognize_upsample: int,
+        live_detect_every: int = 5,
+        live_reembed_every: int = 15,
         max_frame_bytes: int,
     ):
         self.recognizer = recognizer
@@ -86,6 +101,10 @@ class FaceService:
         self.min_face = min_face
         self.live_max_side = live_max_side
         self.live_upsample = live_upsample
+        self.live_detect_every = live_detect_every
+        self.live_reembed_every = live_reembed_every
+        # Bumped on every gallery change, so live streams drop labels that may be stale.
+        self.gallery_version = 0
         self.recognize_upsample = recognize_upsample
         self.max_frame_bytes = max_frame_bytes
         self._model_lock = threading.Lock()
@@ -144,13 +163,16 @@ class FaceService:
 
     def add_photo(self, photo_id: int, person_id: int, embedding: NDArray[np.float32]) -> None:
         self.gallery.add(photo_id, person_id, embedding)
+        self.gallery_version += 1
 
     def remove_photo(self, photo_id: int) -> None:
         self.gallery.remove_photo(photo_id)
+        self.gallery_version += 1
 
     def remove_person(self, person_id: int) -> None:
         self.gallery.remove_person(person_id)
         self.names.pop(person_id, None)
+        self.gallery_version += 1
 
     # --- enrollment --------------------------------------------------------------
 
@@ -195,12 +217,32 @@ class FaceService:
         max_side = self.live_max_side if live else None
         with self._model_lock:
             recognitions = self.recognizer.recognize_frame(frame, self.gallery, upsample=upsample, max_side=max_side)
-        return [self._describe(recognition) for recognition in recognitions]
+        return [self._describe(r.face, r.match) for r in recognitions]
 
-    def _describe(self, recognition: Recognition) -> dict:
-        match = recognition.match
+    def new_stream(self) -> LiveStream:
+        """Per-connection state for a live video: tracks faces so most frames skip detection and embedding."""
+        tracker = FaceTracker(
+            self.recognizer,
+            detect_every=self.live_detect_every,
+            reembed_every=self.live_reembed_every,
+            max_side=self.live_max_side,
+            upsample=self.live_upsample,
+        )
+        return LiveStream(tracker, self.gallery_version)
+
+    def recognize_stream(self, stream: LiveStream, frame: NDArray[np.uint8]) -> list[dict]:
+        """The next frame of a live stream, as `faces` entries (see `recognize`)."""
+        self.wait_ready()
+        with self._model_lock:
+            if stream.gallery_version != self.gallery_version:
+                stream.tracker.reset()
+                stream.gallery_version = self.gallery_version
+            tracked = stream.tracker.update(frame, self.gallery)
+        return [self._describe(t.face, t.match) for t in tracked]
+
+    def _describe(self, face: Face, match: Match) -> dict:
         return {
-            "box": [int(v) for v in recognition.face.box],
+            "box": [int(v) for v in face.box],
             "name": self.names.get(match.person_id) if match.person_id is not None else None,
             "person_id": match.person_id,
             "similarity": round(match.similarity, 4),

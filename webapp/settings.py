@@ -61,6 +61,14 @@ SETTINGS: tuple[Setting, ...] = (
         "live: frames are scaled down to this side for detection",
     ),
     Setting(
+        "LIVE_DETECT_EVERY", "FACES_LIVE_DETECT_EVERY", 5, int,
+        "live: run the face detector on every n-th frame; faces are tracked in between",
+    ),
+    Setting(
+        "LIVE_REEMBED_EVERY", "FACES_LIVE_REEMBED_EVERY", 15, int,
+        "live: re-identify a tracked face whose name is settled after this many frames",
+    ),
+    Setting(
         "LIVE_UPSAMPLE", "FACES_LIVE_UPSAMPLE", 0, int,
         "live: detector upsampling (1 finds smaller faces, about 4x slower)",
     ),

@@ -103,8 +103,8 @@ def test_live_frames_keep_only_the_newest_per_connection():
     assert frames.put("a", b"new") == (1, None)
     assert frames.put("a", "text")[1] == "a frame must be JPEG bytes sent as a binary payload"
     assert "too large" in frames.put("a", b"x" * 101)[1]
-    assert frames._take() == ("a", 1, b"new")  # a filled its slot first, and keeps its turn
-    assert frames._take() == ("b", 0, b"only")
+    assert frames._take() == ("a", 1, b"new", None)  # a filled its slot first, and keeps its turn (no stream: not connected)
+    assert frames._take() == ("b", 0, b"only", None)
     assert frames.dropped == 1
 
 
