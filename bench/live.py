@@ -100,6 +100,7 @@ class Client:
         self.frames, self.period = frames, 1.0 / fps
         self.sent_at: dict[int, float] = {}
         self.latencies: list[float] = []
+        self.server_ms: list[float] = []
         self.names: list[str | None] = []
         self.errors = 0
         self.sent = 0
@@ -111,6 +112,7 @@ class Client:
         sent = self.sent_at.pop(data["frame_id"], None)
         if sent is not None:
             self.latencies.append(1000 * (time.perf_counter() - sent))
+            self.server_ms.append(data["ms"])
             self.names.extend(face["name"] for face in data["faces"])
 
     def _on_error(self, data: dict) -> None:
@@ -191,6 +193,7 @@ def main() -> dict:
     answered = sum(len(c.latencies) for c in clients)
     sent = sum(c.sent for c in clients)
     names = [n for c in clients for n in c.names]
+    server_ms = np.concatenate([c.server_ms for c in clients]) if clients else np.zeros(0)
     naive = naive_fps(frames, args.naive_seconds)
     fps = answered / args.clients / args.seconds
     result = {
@@ -198,6 +201,7 @@ def main() -> dict:
         "p50_ms": round(float(np.percentile(latencies, 50)), 1) if answered else None,
         "p95_ms": round(float(np.percentile(latencies, 95)), 1) if answered else None,
         "p99_ms": round(float(np.percentile(latencies, 99)), 1) if answered else None,
+        "server_p50_ms": round(float(np.percentile(server_ms, 50)), 1) if answered else None,
         "answered": answered,
         "sent": sent,
         "errors": sum(c.errors for c in clients),

@@ -4,7 +4,7 @@
     python -m model.evaluate identify --images DIR --enroll K
     python -m model.evaluate make-pairs --images DIR --out FILE --seed S
 
-Common options: --backbone NAME, --head FILE, --flip, --cache FILE.npz. Progress goes to stderr;
+Common options: --backbone NAME, --head FILE, --no-flip, --cache FILE.npz. Progress goes to stderr;
 the last line of stdout is one JSON object.
 
 Photos where HOG finds no face even at upsample 2 are embedded from an assumed
@@ -277,7 +277,10 @@ def main(argv: list[str] | None = None) -> dict:
     common.add_argument("--images", type=Path, required=True, help="folder-per-person photos")
     common.add_argument("--backbone", default="dlib-resnet", help="dlib-resnet (default) or vgg16-face")
     common.add_argument("--head", type=Path, default=None, help="head file (default: the one the app uses)")
-    common.add_argument("--flip", action="store_true", help="average each face with its mirror image")
+    common.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=True,
+        help="average each face with its mirror image (default: on, as in the app)",
+    )
     common.add_argument("--cache", type=Path, default=None, help=".npz file keeping backbone features between runs")
     sub = parser.add_subparsers(dest="command", required=True)
     p_verify = sub.add_parser("verify", parents=[common], help="LFW 10-fold verification")

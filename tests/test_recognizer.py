@@ -104,11 +104,13 @@ def test_stranger_is_unknown(recognizer, celeba_dir):
     assert unknown >= 4
 
 
-def test_flip_averaging_keeps_unit_length(samples_dir):
-    from model.recognizer import Recognizer
+def test_flip_averaging_is_the_mean_of_both_views(recognizer, samples_dir):
+    from model.align import mirrored
 
-    flipping = Recognizer(flip=True)
+    assert recognizer.flip
     image = load_image(samples_dir / "single_person.jpg")
-    faces = flipping.find_faces(image, upsample=1)
-    embeddings = flipping.embed_faces(image, faces)
-    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    faces = recognizer.find_faces(image, upsample=1)
+    embeddings = recognizer.embed_faces(image, faces)
+    chips = face_chips(image, faces, size=150, padding=0.25)
+    both = recognizer.backbone.embed(chips) + recognizer.backbone.embed(mirrored(chips))
+    assert np.allclose(embeddings, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)

@@ -17,6 +17,7 @@ frames this connection sent, from 0.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -25,12 +26,15 @@ from flask import Flask, current_app, request
 from flask_socketio import emit
 
 from model.images import ImageError, decode_image
+from webapp.auth import logged_in
 from webapp.extensions import socketio
 from webapp.faces import FaceService, LiveStream, ModelNotReady
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/live"
+# Bad frames get an `error` event each, up to this many per connection and second; the rest are shed unanswered.
+MAX_ERROR_REPLIES_PER_S = 10
 
 
 class LiveFrames:
@@ -50,8 +54,10 @@ class LiveFrames:
         self._streams: dict[str, LiveStream] = {}
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._errors: dict[str, tuple[int, int]] = {}  # sid -> (second, error replies in it)
         self.processed = 0
         self.dropped = 0
+        self.shed = 0  # bad frames not answered (flood)
 
     def connect(self, sid: str) -> None:
         with self._wake:
@@ -69,22 +75,39 @@ class LiveFrames:
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
         """Count a received frame; keep it as the connection's newest, or say why not.
 
-        :return: (frame_id, error message or None).
+        :return: (frame_id, error message or None). None also for a bad frame
+            shed in a flood (past MAX_ERROR_REPLIES_PER_S this second): neither kept nor answered.
         """
         with self._wake:
             frame_id = self._sent.get(sid, 0)
             self._sent[sid] = frame_id + 1
+            error = None
             if not isinstance(data, (bytes, bytearray)):
-                return frame_id, "a frame must be JPEG bytes sent as a binary payload"
-            if len(data) > self.max_bytes:
-                return frame_id, (
-                    f"the frame is too large ({len(data) / 1e6:.1f} MB; the limit is {self.max_bytes / 1e6:.1f} MB)"
-                )
+                error = "a frame must be JPEG bytes sent as a binary payload"
+            elif len(data) > self.max_bytes:
+                error = f"the frame is too large ({len(data) / 1e6:.1f} MB; the limit is {self.max_bytes / 1e6:.1f} MB)"
+            if error:
+                # A flood of bad frames is shed: past the budget it gets no answer (the sender's problem, not ours).
+                return frame_id, (error if self._error_budget(sid) else None)
             if sid in self._slots:
                 self.dropped += 1
             self._slots[sid] = (frame_id, bytes(data))  # replaces an older frame, keeping its turn
             self._wake.notify()
         return frame_id, None
+
+    def _error_budget(self, sid: str) -> bool:
+        """Whether sid may get another error reply this second (at most MAX_ERROR_REPLIES_PER_S). Under _wake."""
+        second = int(time.monotonic())
+        start, count = self._errors.get(sid, (second, 0))
+        if start != second:
+            count = 0
+            if len(self._errors) > len(self._sent):  # forget connections that are gone
+                self._errors = {key: value for key, value in self._errors.items() if key in self._sent}
+        self._errors[sid] = (second, count + 1)
+        if count >= MAX_ERROR_REPLIES_PER_S:
+            self.shed += 1
+            return False
+        return True
 
     def _take(self) -> tuple[str, int, bytes, LiveStream | None]:
         """Wait for a frame; connections take turns in the order their slots were filled."""
@@ -133,7 +156,21 @@ def _live() -> LiveFrames:
 
 @socketio.on("connect", namespace=NAMESPACE)
 def on_connect(auth=None):
+    if not logged_in():  # the handshake's session cookie: only the logged-in admin may stream
+        raise ConnectionRefusedError("please log in")
+    _no_delay(request.environ)
     _live().connect(request.sid)
+
+
+def _no_delay(environ: dict) -> None:
+    """Send small WebSocket messages at once: with Nagle's algorithm on, an answer
+    can wait for the peer's delayed ACK (about 40 ms on Linux)."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 @socketio.on("disconnect", namespace=NAMESPACE)
