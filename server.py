@@ -2,6 +2,7 @@
 
 Each option defaults to its env var (FACES_HOST, FACES_PORT, FACES_DATA_DIR),
 then to 127.0.0.1, 5000 and data/ in the project. Other settings: webapp/settings.py.
+Another address than loopback is logged as a warning unless FACES_BEHIND_TLS=1.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from webapp import create_app, settings
+from webapp import create_app, security, settings
 from webapp.extensions import socketio
 
 
@@ -34,7 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app({"DATA_DIR": args.data_dir})
+    try:
+        app = create_app({"DATA_DIR": args.data_dir})
+    except ValueError as exc:  # a bad setting, e.g. FACES_ADMIN_PASSWORD too short
+        sys.exit(f"error: {exc}")
+    warning = security.bind_warning(args.host, app.config["BEHIND_TLS"])
+    if warning:
+        logging.getLogger("server").warning(warning)
     print(f"Faces: http://{args.host}:{args.port}/  (data in {app.config['DATA_DIR']})", flush=True)
     # Werkzeug's threaded server with simple-websocket gives real WebSockets in
     # threading mode; it is meant for one self-hosted machine, hence "unsafe".

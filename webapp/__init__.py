@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import db, errors, events, settings, store
+from webapp import auth, db, errors, events, security, settings, store
 from webapp.extensions import socketio
 from webapp.faces import FaceService
 
@@ -30,6 +29,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     :param config: overrides for the settings in `webapp.settings` (keys like
         DATA_DIR, DATABASE, THRESHOLD) plus TESTING, SECRET_KEY and RECOGNIZER
         (a Recognizer to use instead of building one; tests share a loaded one).
+
+    The data dir is the app's instance folder: the database, photos, the
+    secret key and the admin password's hash live there.
     """
     app = Flask(__name__, template_folder=str(settings.PROJECT_DIR / "templates"),
                 static_folder=str(settings.PROJECT_DIR / "static"))
@@ -47,17 +49,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_FRAME_BYTES"] = int(app.config["MAX_FRAME_MB"] * MB)
 
     db.init_app(app)
+    _sweep(app)
     service = _face_service(app)
     app.extensions["faces"] = service
     app.context_processor(lambda: {"faces_model": service})
     service.start_loading()
 
-    from webapp import api, enroll, live, people
+    from webapp import api, enroll, export, live, people
 
+    security.init_app(app)  # before the blueprints: it sets the id converter
+    auth.init_app(app)
     app.register_blueprint(people.bp)
     app.register_blueprint(enroll.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(export.bp)
     app.add_url_rule("/", endpoint="index", view_func=people.index)
     errors.init_app(app)
 
@@ -101,11 +107,18 @@ def _face_service(app: Flask) -> FaceService:
 
 def _secret_key(data_dir: Path) -> str:
     """A random key, made once and kept in the data dir (readable by the owner only)."""
-    path = data_dir / "secret_key"
+    return security.read_or_create(data_dir / "secret_key", lambda: secrets.token_hex(32))
+
+
+def _sweep(app: Flask) -> None:
+    """Remove files a crash left without rows; report rows whose files are gone."""
+    conn = db.connect(app.config["DATABASE"])
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        removed = store.sweep_orphans(conn, app.config["DATA_DIR"])
+        missing = store.missing_files(conn, app.config["DATA_DIR"])
+    finally:
+        conn.close()
+    if removed:
+        log.warning("removed %d file(s) left by an interrupted enrollment: %s", len(removed), ", ".join(removed[:10]))
+    if missing:
+        log.error("%d photo(s) have no image file in %s: ids %s", len(missing), app.config["DATA_DIR"], missing[:20])

@@ -1,9 +1,9 @@
 """App-wide request rules and error pages: JSON `{"error": message}` for the API, HTML for the pages.
 
-There are no user accounts (the server listens on loopback by default), so the
-one access rule is the same for pages and API: a state-changing request that
-carries an Origin header must come from this app's own origin, which stops
-other web sites from posting to it through the user's browser.
+Besides the login (webapp/auth.py) and the CSRF token (webapp/security.py), a
+state-changing request that carries an Origin header must come from this app's
+own origin, which stops other web sites from posting to it through the user's
+browser.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden, HTTPException
 
 from webapp.faces import ModelNotReady
@@ -59,4 +60,6 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             limit = app.config["MAX_UPLOAD_MB"]
             message = f"the upload is too large (the limit is {limit:g} MB in all)"
+        elif isinstance(exc, CSRFError):
+            message = f"{message} Reload the page and try again."
         return error_response(message, exc.code or 500)

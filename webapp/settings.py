@@ -29,6 +29,15 @@ def _optional_float(text: str) -> float | None:
     return None if text.strip() == "" else float(text)
 
 
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("HOST", "FACES_HOST", "127.0.0.1", str, "address server.py listens on"),
     Setting("PORT", "FACES_PORT", 5000, int, "port server.py listens on"),
@@ -82,7 +91,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "SECRET_KEY", "FACES_SECRET_KEY", None, str,
-        "signs flash messages (default: generated once into the data dir)",
+        "signs the session cookie (default: generated once into the data dir)",
+    ),
+    Setting(
+        "ADMIN_PASSWORD", "FACES_ADMIN_PASSWORD", None, str,
+        "sets the admin password at start (at least 8 characters); without it the browser asks on first start",
+    ),
+    Setting(
+        "BEHIND_TLS", "FACES_BEHIND_TLS", False, _flag,
+        "1 when an HTTPS proxy is in front: the session cookie gets Secure, and no plain-HTTP warning",
+    ),
+    Setting(
+        "LOGIN_LIMIT", "FACES_LOGIN_LIMIT", "5 per minute", str,
+        "failed logins allowed per client address before 429 (Flask-Limiter syntax)",
     ),
 )
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import sqlite3
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ THUMB_JPEG_QUALITY = 85
 THUMB_MARGIN = 0.3
 PHOTOS_DIR = "photos"
 THUMBS_DIR = "thumbs"
+TMP_SUFFIX = ".tmp"  # files being written are named .<name>.tmp, then renamed
 
 
 class StoreError(Exception):
@@ -76,7 +78,7 @@ def from_blob(blob: bytes) -> NDArray[np.float32]:
 
 
 def clean_name(raw: object) -> str:
-    """Trim a person's name; refuse empty, overlong and control characters."""
+    """Trim a person's name; refuse empty, overlong, invisible, control characters and broken text."""
     if not isinstance(raw, str):
         raise InvalidName("the name must be text")
     name = " ".join(raw.split())
@@ -84,8 +86,13 @@ def clean_name(raw: object) -> str:
         raise InvalidName("please enter a name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"the name is too long ({len(name)} characters; at most {MAX_NAME_LENGTH})")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    categories = {unicodedata.category(ch) for ch in name}
+    if "Cc" in categories:
         raise InvalidName("the name contains control characters")
+    if "Cs" in categories:  # a lone UTF-16 surrogate from JSON: not storable text
+        raise InvalidName("the name is not valid text")
+    if categories <= {"Cf", "Zs", "Mn", "Me"}:  # only zero-width or combining marks
+        raise InvalidName("please enter a name with visible characters")
     return name
 
 
@@ -307,9 +314,13 @@ def _jpeg(pixels: NDArray[np.uint8], quality: int, side: int | None = None) -> b
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -319,3 +330,39 @@ def _remove_files(data_dir: Path, file: str) -> None:
             os.unlink(Path(data_dir) / folder / file)
         except FileNotFoundError:
             pass
+
+
+def sweep_orphans(db: sqlite3.Connection, data_dir: Path) -> list[str]:
+    """Remove what a crash can leave behind: image files no photo row names, and unfinished .*.tmp files.
+
+    Files are written before their rows are committed, so a server killed in
+    between leaves files without rows. Run at start, before any request (a
+    second server on the same data dir would lose its unfinished uploads).
+
+    :return: the removed paths, relative to data_dir.
+    """
+    data_dir = Path(data_dir)
+    known = {row[0] for row in db.execute("SELECT file FROM photos")}
+    removed = []
+    for folder in (PHOTOS_DIR, THUMBS_DIR):
+        directory = data_dir / folder
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            unfinished = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+            if path.is_file() and (unfinished or path.name not in known):
+                path.unlink(missing_ok=True)
+                removed.append(f"{folder}/{path.name}")
+    for path in data_dir.glob(f".*{TMP_SUFFIX}"):  # the secret key's or password's, if a write was cut short
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def missing_files(db: sqlite3.Connection, data_dir: Path) -> list[int]:
+    """Ids of photo rows whose photo or thumbnail file is gone (reported, never deleted: the row is the data)."""
+    return [
+        row["id"]
+        for row in db.execute("SELECT id, file FROM photos")
+        if not all((Path(data_dir) / folder / row["file"]).is_file() for folder in (PHOTOS_DIR, THUMBS_DIR))
+    ]

@@ -255,6 +255,7 @@
       return;
     }
     const body = new FormData();
+    body.append("csrf_token", form.elements.csrf_token.value); // the server refuses posts without it
     if (nameInput && form.dataset.mode === "new") body.append("name", nameInput.value);
     pending.forEach((item, i) => {
       body.append("photos", item.file, item.file.name);

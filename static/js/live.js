@@ -112,7 +112,10 @@
     if (inFlight) clearTimeout(inFlight.timer);
     inFlight = null;
   });
-  socket.on("connect_error", (error) => setStatus(`Cannot reach the server: ${error.message}`));
+  socket.on("connect_error", (error) => {
+    // socket.active is false when the server refused us (e.g. the login expired): no retry will help.
+    setStatus(socket.active ? `Cannot reach the server: ${error.message}` : `Refused: ${error.message}; reload the page.`);
+  });
 
   socket.on("faces", (answer) => {
     const now = performance.now();

@@ -1,4 +1,4 @@
-"""Web app fixtures: a fresh app and data dir per test, real photos, and the output folder."""
+"""Web app fixtures: a fresh app and data dir per test, a logged-in client, real photos, and the output folder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from web_helpers import PROJECT_DIR, TEST_THRESHOLD
+from web_helpers import PROJECT_DIR, TEST_THRESHOLD, log_in, prepare_data_dir
 
 from model.recognizer import Recognizer
 from webapp import create_app
@@ -22,15 +22,22 @@ def web_recognizer(recognizer) -> Recognizer:
 
 @pytest.fixture
 def app(tmp_path, web_recognizer):
-    app = create_app(
-        {"TESTING": True, "DATA_DIR": tmp_path / "data", "SECRET_KEY": "test", "RECOGNIZER": web_recognizer}
-    )
+    """An app whose admin password is web_helpers.TEST_PASSWORD."""
+    data_dir = prepare_data_dir(tmp_path / "data")
+    app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": web_recognizer})
     app.extensions["faces"].wait_ready()
     return app
 
 
 @pytest.fixture
 def client(app):
+    """A test client logged in as the admin, sending the CSRF token with every request."""
+    return log_in(app.test_client())
+
+
+@pytest.fixture
+def anonymous(app):
+    """A test client that has not logged in."""
     return app.test_client()
 
 

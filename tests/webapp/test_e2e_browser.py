@@ -1,7 +1,8 @@
 """End to end in headless Chromium: add a person from the browser, then see them named live.
 
 Chromium's fake camera plays a .y4m built here: unseen photos of the enrolled
-person, then photos of someone never enrolled. The test enrolls through the
+person, then photos of someone never enrolled. The test logs in (the first page
+it opens sends it to the login form and back), enrolls through the
 add-person page (file upload, plus picking a face in a group photo), adds one
 more photo on the person's page, then waits for the live page to list the name
 and later "Unknown". Screenshots and the live page's measured fps and latency
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from web_helpers import ENROLLED, STRANGER, running_server, webcam_frame, write_y4m
+from web_helpers import ENROLLED, STRANGER, TEST_PASSWORD, running_server, webcam_frame, write_y4m
 
 CHROMIUM = Path("/usr/bin/chromium")
 NAME = "Ada Lovelace"
@@ -100,8 +101,15 @@ def test_add_a_person_in_the_browser_then_see_them_named_live(
 
         page.on("websocket", watch)
 
-        # Add person: three photos of them, a group photo and a file that is not an image.
+        # Log in: the add-person page sends us to the login form, which sends us back.
         page.goto(f"{url}/people/new")
+        expect(page.locator("#login-submit")).to_be_visible()
+        assert "/login?next=/people/new" in page.url
+        page.fill("#password", TEST_PASSWORD)
+        page.click("#login-submit")
+
+        # Add person: three photos of them, a group photo and a file that is not an image.
+        expect(page.locator("#name")).to_be_visible()
         page.fill("#name", NAME)
         enrolled = [celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3)]
         odd = [samples_dir / "two_people.jpg", samples_dir / "not_an_image.jpg"]

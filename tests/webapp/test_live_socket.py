@@ -10,7 +10,17 @@ import time
 import pytest
 import socketio
 from PIL import Image
-from web_helpers import ENROLLED, STRANGER, enroll_json, on_background, running_server
+from web_helpers import (
+    ENROLLED,
+    STRANGER,
+    cookie_header,
+    enroll_json,
+    log_in,
+    on_background,
+    prepare_data_dir,
+    running_server,
+    server_session,
+)
 
 from webapp import create_app
 
@@ -20,23 +30,26 @@ ANSWER_TIMEOUT_S = 15
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, web_recognizer, celeba_dir):
     """A server whose database already holds Ada (celeb_7201, photos 1-3), enrolled through the app."""
-    data_dir = tmp_path_factory.mktemp("live") / "data"
+    data_dir = prepare_data_dir(tmp_path_factory.mktemp("live") / "data")
     app = create_app({"TESTING": True, "DATA_DIR": data_dir, "RECOGNIZER": web_recognizer})
     photos = [(p.name, p.read_bytes()) for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
-    assert enroll_json(app.test_client(), "Ada", photos).status_code == 201
+    assert enroll_json(log_in(app.test_client()), "Ada", photos).status_code == 201
     with running_server(data_dir) as url:
         yield url
 
 
 class LiveClient:
-    """A /live connection that collects what the server sends."""
+    """A logged-in /live connection that collects what the server sends."""
 
     def __init__(self, url: str):
         self.answers: queue.Queue = queue.Queue()
         self.sio = socketio.Client(reconnection=False)
         self.sio.on("faces", lambda data: self.answers.put(("faces", data)), namespace="/live")
         self.sio.on("error", lambda data: self.answers.put(("error", data)), namespace="/live")
-        self.sio.connect(url, transports=["websocket"], namespaces=["/live"], wait_timeout=10)
+        self.sio.connect(
+            url, transports=["websocket"], namespaces=["/live"], wait_timeout=10,
+            headers=cookie_header(server_session(url)),
+        )
 
     def send(self, payload) -> None:
         self.sio.emit("frame", payload, namespace="/live")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from web_helpers import ENROLLED, STRANGER, enroll_json, files_field
+from web_helpers import ENROLLED, STRANGER, enroll_json, files_field, log_in, prepare_data_dir
 
 from webapp import create_app
 
@@ -212,13 +212,15 @@ def test_the_gallery_is_loaded_from_the_database_at_start(app, client, photo, en
     again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "RECOGNIZER": web_recognizer})
     service = again.extensions["faces"]
     assert len(service.gallery) == 3 and service.names == {enrolled["id"]: "Ada"}
-    [face] = recognize(again.test_client(), *photo(ENROLLED, 11)).get_json()["faces"]
+    [face] = recognize(log_in(again.test_client()), *photo(ENROLLED, 11)).get_json()["faces"]
     assert face["person_id"] == enrolled["id"]
 
 
 def test_uploads_over_the_limit_get_413(tmp_path, web_recognizer, photo):
-    small = create_app({"TESTING": True, "DATA_DIR": tmp_path, "MAX_UPLOAD_MB": 0.01, "RECOGNIZER": web_recognizer})
-    answer = recognize(small.test_client(), *photo(ENROLLED, 1))
+    small = create_app(
+        {"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path), "MAX_UPLOAD_MB": 0.01, "RECOGNIZER": web_recognizer}
+    )
+    answer = recognize(log_in(small.test_client()), *photo(ENROLLED, 1))
     assert answer.status_code == 413 and "too large" in answer.get_json()["error"]
 
 

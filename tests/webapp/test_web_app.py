@@ -6,7 +6,7 @@ import io
 import sqlite3
 
 import pytest
-from web_helpers import ENROLLED
+from web_helpers import ENROLLED, log_in, prepare_data_dir
 
 from model.backbones import VGG16Face
 from model.recognizer import Recognizer
@@ -78,11 +78,11 @@ def test_deleting_a_person_cascades_to_photo_rows(tmp_path):
 
 def test_a_model_that_cannot_load_is_reported_not_fatal(tmp_path, photo):
     missing = Recognizer(backbone=VGG16Face(weights_path=tmp_path / "vgg_face_weights.h5"))
-    app = create_app({"TESTING": True, "DATA_DIR": tmp_path / "data", "RECOGNIZER": missing})
+    app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "RECOGNIZER": missing})
     service = app.extensions["faces"]
     with pytest.raises(Exception, match="VGG-Face weights"):
         service.wait_ready()
-    client = app.test_client()
+    client = log_in(app.test_client())
     status = client.get("/api/status").get_json()
     assert status["model"] == "failed" and "vgg_face_weights.h5" in status["error"]
     assert "The face model is unavailable" in client.get("/people").get_data(as_text=True)

@@ -1,21 +1,24 @@
-"""Helpers for the web app tests: constants, multipart bodies, frames, and a real server process.
+"""Helpers for the web app tests: constants, logging in, multipart bodies, frames, and a real server process.
 
 The threshold is pinned for these tests so they check the app, not the model's
 calibration: on these photos celeb_7201 scores at least 0.95 against their own
 enrolled photos and celeb_7229 at most 0.80.
+
+Every test app gets the admin password TEST_PASSWORD, stored with a cheap
+pbkdf2 hash (the app's own is scrypt, about 0.15 s per check) so that logging
+in costs the suite nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +29,47 @@ TEST_THRESHOLD = 0.9
 ENROLLED = "celeb_7201"  # enrolled from photos 1-3; other photos of them must be named
 STRANGER = "celeb_7229"  # never enrolled; must come out as unknown
 SERVER_START_TIMEOUT_S = 60
+TEST_PASSWORD = "correct horse battery"
+
+
+@functools.cache
+def cheap_password_hash() -> str:
+    from werkzeug.security import generate_password_hash
+
+    return generate_password_hash(TEST_PASSWORD, method="pbkdf2:sha256:1000")
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """A data dir whose admin password is already TEST_PASSWORD."""
+    from webapp.auth import password_path
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    password_path(data_dir).write_text(cheap_password_hash() + "\n")
+    return data_dir
+
+
+def log_in(client, password: str = TEST_PASSWORD):
+    """Log a Flask test client in through the API and send the CSRF token on its every request."""
+    answer = client.post("/api/login", json={"password": password})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    client.environ_base["HTTP_X_CSRFTOKEN"] = answer.get_json()["csrf_token"]
+    return client
+
+
+def server_session(url: str, password: str = TEST_PASSWORD):
+    """A requests.Session logged in to a running server, sending the CSRF token on every request."""
+    import requests
+
+    session = requests.Session()
+    answer = session.post(f"{url}/api/login", json={"password": password}, timeout=10)
+    answer.raise_for_status()
+    session.headers["X-CSRFToken"] = answer.json()["csrf_token"]
+    return session
+
+
+def cookie_header(session) -> dict:
+    """Headers that carry a requests session's login to a python-socketio Client.connect."""
+    return {"Cookie": "; ".join(f"{name}={value}" for name, value in session.cookies.items())}
 
 
 def files_field(files: list[tuple[str, bytes]], field: str = "photos") -> dict:
@@ -54,12 +98,24 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(data_dir: Path) -> Iterator[str]:
-    """`python server.py` on a free loopback port, as a user starts it; yields its base URL once the model is ready."""
-    port = free_port()
-    env = dict(os.environ, FACES_THRESHOLD=str(TEST_THRESHOLD))
+    """`python server.py` on a free loopback port, as a user starts it; yields its base URL once the model is ready.
+
+    The admin password is TEST_PASSWORD (FACES_ADMIN_PASSWORD): log in with `server_session`.
+    """
+    process, url, _ = start_server(data_dir)
+    try:
+        yield url
+    finally:
+        stop_server(process)
+
+
+def start_server(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """Start server.py and wait until its model is ready; returns (process, base URL, log file)."""
+    port = port or free_port()
+    env = dict(os.environ, FACES_THRESHOLD=str(TEST_THRESHOLD), FACES_ADMIN_PASSWORD=TEST_PASSWORD)
     log_path = data_dir.parent / f"server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
             cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -67,26 +123,32 @@ def running_server(data_dir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_ready(url, process, log_path)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, url, log_path
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    session = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server.py exited with {process.returncode}:\n{log_path.read_text()}")
         try:
-            with urllib.request.urlopen(f"{url}/api/status", timeout=2) as response:
-                if json.load(response)["model"] == "ready":
-                    return
-        except OSError:
+            session = session or server_session(url)
+            if session.get(f"{url}/api/status", timeout=2).json()["model"] == "ready":
+                return
+        except OSError:  # requests' ConnectionError is an OSError
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server.py did not get ready in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()}")

@@ -1,0 +1,138 @@
+"""Request-wide safety settings: the session cookie, CSRF tokens, the login rate limit, private files, the bind address.
+
+CSRF: every state-changing request (POST, PUT, PATCH, DELETE) carries a token
+tied to the session, pages in a hidden `csrf_token` form field, scripts and the
+JSON API in an `X-CSRFToken` header (`POST /api/login` returns the token). One
+rule for every path is simpler to check than exemptions: SameSite=Lax alone
+does not stop another site on the same host (any port counts as the same
+site), and a cross-site form can post multipart uploads without a preflight.
+The Origin check in webapp/errors.py stays as a second fence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import IntegerConverter
+
+from webapp.extensions import csrf, limiter
+
+# Cookies ignore ports: a distinct name keeps other local apps from overwriting ours.
+SESSION_COOKIE_NAME = "faces_session"
+# SQLite's INTEGER range; a larger id in a URL is a 404, not an OverflowError.
+MAX_ROW_ID = 2**63 - 1
+
+
+class RowId(IntegerConverter):
+    """The `<int:...>` route converter, capped at MAX_ROW_ID."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", MAX_ROW_ID)
+        super().__init__(map, *args, **kwargs)
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with too deeply nested input refused like any other bad JSON (it raised RecursionError: 500)."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
+
+
+def init_app(app: Flask) -> None:
+    """Cookie, CSRF and rate-limit settings, then the extensions. Call before registering blueprints."""
+    app.url_map.converters["int"] = RowId
+    app.json = JSONProvider(app)
+    for key, value in {
+        "SESSION_COOKIE_NAME": SESSION_COOKIE_NAME,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": bool(app.config["BEHIND_TLS"]),
+        # A token lives as long as the session: a person's page may stay open for hours.
+        "WTF_CSRF_TIME_LIMIT": None,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "RATELIMIT_STRATEGY": "moving-window",
+        "RATELIMIT_HEADERS_ENABLED": True,  # Retry-After on the 429
+    }.items():
+        app.config.setdefault(key, value)
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+
+# --- the address server.py listens on ----------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1; False for 0.0.0.0, LAN addresses and other host names."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str, behind_tls: bool) -> str | None:
+    """The warning to log when the server listens beyond this machine with no TLS in front, else None."""
+    if is_loopback(host) or behind_tls:
+        return None
+    return (
+        f"listening on {host}, beyond this machine, over plain HTTP: passwords, session cookies and "
+        "face photos cross the network unencrypted. Put an HTTPS proxy in front and set FACES_BEHIND_TLS=1, "
+        "or listen on 127.0.0.1 (the default)"
+    )
+
+
+# --- small private files in the data dir (secret key, password hash) -----------------
+
+
+def write_private(path: Path, text: str, *, replace: bool) -> bool:
+    """Write text to path all or nothing, readable by the owner only.
+
+    The text goes to a temporary file (mode 0600, synced) that is then renamed
+    over path (replace=True) or linked to it only if path does not exist yet
+    (replace=False: the first writer wins, and a crash never leaves an empty file).
+
+    :return: False when replace=False and path already existed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The stripped text of a private file, made with make() when the file is missing or empty."""
+    for _ in range(2):
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            return text
+        # Missing: create it (another process may win the race; then read theirs). Empty: replace it.
+        write_private(path, make(), replace=path.exists())
+    return path.read_text().strip()
