@@ -79,7 +79,7 @@ class TrainConfig:
     schedule: str = "constant"
     step_epochs: int = 20
     step_factor: float = 0.1
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.1
     decay_to: str = "init"
     patience: int | None = None
     target_far: float = 1e-3
@@ -179,9 +179,13 @@ def load_features(
 def split_features(
     features: FeatureSet, *, val_fraction: float = 0.25, test_fraction: float = 0.0, seed: int = 0
 ) -> Split:
-    """Split by person (see `sampling.split_people`); augmented copies stay only in train."""
-    train, val, test = split_people(features.labels, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    """Split by person (see `sampling.split_people`); augmented copies stay only in train.
+
+    The split is drawn from the real photos alone, so adding augmented copies does not move anyone.
+    """
     real = ~features.augmented
+    parts = split_people(features.labels[real], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    train, val, test = (np.isin(features.labels, features.labels[real][part]) for part in parts)
     return Split(
         features.subset(train),
         features.subset(val & real),
@@ -509,7 +513,10 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--photos-per-person", type=int, default=DEFAULT_K, help="K of P x K")
     loss.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
     loss.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    loss.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="L2 on the head")
+    loss.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                      help="L2 penalty on the head kernel (default 0.1, towards the starting kernel)")
+    loss.add_argument("--decay-to", choices=("init", "zero"), default="init",
+                      help="L2 towards the starting kernel (init, default) or towards zero (plain L2)")
     loss.add_argument("--patience", type=int, default=None, help="early stop after N epochs without progress")
     loss.add_argument("--target-far", type=float, default=1e-3, help="FAR of the open-set threshold")
     loss.add_argument("--seed", type=int, default=0)
@@ -537,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(
         loss=args.loss, mining=args.mining, epochs=args.epochs, p=args.people_per_batch, k=args.photos_per_person,
         margin=args.margin, focal=args.focal, learning_rate=args.lr, schedule=args.schedule,
-        weight_decay=args.weight_decay, patience=args.patience, target_far=args.target_far, seed=args.seed,
+        weight_decay=args.weight_decay, decay_to=args.decay_to, patience=args.patience, target_far=args.target_far, seed=args.seed,
     )
     features = load_features(
         args.images, args.gallery, backbone=args.backbone, cache_dir=args.cache, people=args.people,
