@@ -2,7 +2,7 @@
 
     python bench/live.py [--clients N] [--seconds S] [--fps F]
 
-Starts `server.py` on a free port with a fresh data dir, enrolls one person
+Starts `server.py` on a free port with a fresh data dir and a random admin password, logs in, enrolls one person
 from 3 CelebA photos through the JSON API, then connects N python-socketio
 clients (WebSocket transport). Each sends 640x480 JPEG frames at F fps, made
 from other photos of that person with the face moving across the frame, and
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from model.images import load_image  # noqa: E402
 
 FACES_DIR = Path(os.environ.get("FACES_TEST_DATA", PROJECT_DIR.parent / "shared" / "faces"))
 PERSON = "celeb_7201"
+# The server is started with this admin password (FACES_ADMIN_PASSWORD); `login` uses it.
+BENCH_PASSWORD = secrets.token_urlsafe(16)
 
 
 def free_port() -> int:
@@ -60,11 +63,13 @@ def make_frames(photos: list[np.ndarray], count: int) -> list[bytes]:
     return frames
 
 
-def start_server(data_dir: str, port: int) -> tuple[subprocess.Popen, float]:
-    env = dict(os.environ, FACES_DATA_DIR=data_dir, FACES_PORT=str(port))
+def start_server(data_dir: str, port: int, command: str = "server.py") -> tuple[subprocess.Popen, float]:
+    """Start the app (`command`: a script in the project and its arguments); returns it and its time to HTTP."""
+    env = dict(os.environ, FACES_DATA_DIR=data_dir, FACES_PORT=str(port), FACES_ADMIN_PASSWORD=BENCH_PASSWORD)
     started = time.perf_counter()
+    script, *args = command.split()
     proc = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "server.py")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, str(PROJECT_DIR / script), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     while time.perf_counter() - started < 60:
         try:
@@ -78,10 +83,23 @@ def start_server(data_dir: str, port: int) -> tuple[subprocess.Popen, float]:
     raise SystemExit("server did not answer HTTP within 60 s")
 
 
-def enroll(base: str, photos: list[Path]) -> None:
+def login(base: str):
+    """A requests.Session logged in as the admin, sending the CSRF token with every request."""
     import requests
 
     session = requests.Session()
+    answer = session.post(f"{base}/api/login", json={"password": BENCH_PASSWORD}, timeout=30)
+    answer.raise_for_status()
+    session.headers["X-CSRFToken"] = answer.json()["csrf_token"]
+    return session
+
+
+def cookie_header(session) -> dict:
+    """The session's login as headers for a python-socketio Client.connect."""
+    return {"Cookie": "; ".join(f"{name}={value}" for name, value in session.cookies.items())}
+
+
+def enroll(session, base: str, photos: list[Path]) -> None:
     person = session.post(f"{base}/api/people", json={"name": "Bench Person"}, timeout=60)
     person.raise_for_status()
     files = [("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
@@ -93,7 +111,7 @@ def enroll(base: str, photos: list[Path]) -> None:
 class Client:
     """One live connection sending frames at a fixed rate and timing each answer."""
 
-    def __init__(self, url: str, frames: list[bytes], fps: float):
+    def __init__(self, url: str, frames: list[bytes], fps: float, headers: dict | None = None):
         import socketio
 
         self.sio = socketio.Client(reconnection=False)
@@ -106,7 +124,7 @@ class Client:
         self.sent = 0
         self.sio.on("faces", self._on_faces, namespace="/live")
         self.sio.on("error", self._on_error, namespace="/live")
-        self.sio.connect(url, namespaces=["/live"], transports=["websocket"])
+        self.sio.connect(url, namespaces=["/live"], transports=["websocket"], headers=headers or {})
 
     def _on_faces(self, data: dict) -> None:
         sent = self.sent_at.pop(data["frame_id"], None)
@@ -161,6 +179,7 @@ def main() -> dict:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--fps", type=float, default=30)
     parser.add_argument("--naive-seconds", type=float, default=10)
+    parser.add_argument("--server", default="server.py", help="script (and args) that starts the app")
     args = parser.parse_args()
 
     person_dir = FACES_DIR / "celeba" / PERSON
@@ -171,11 +190,12 @@ def main() -> dict:
 
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
-        proc, start_s = start_server(data_dir, port)
+        proc, start_s = start_server(data_dir, port, args.server)
         try:
             base = f"http://127.0.0.1:{port}"
-            enroll(base, photo_paths[:3])
-            clients = [Client(base, frames, args.fps) for _ in range(args.clients)]
+            session = login(base)
+            enroll(session, base, photo_paths[:3])
+            clients = [Client(base, frames, args.fps, cookie_header(session)) for _ in range(args.clients)]
             cpu0, _ = process_usage(proc.pid)
             wall0 = time.perf_counter()
             threads = [threading.Thread(target=c.run, args=(args.seconds,)) for c in clients]
