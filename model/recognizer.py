@@ -96,10 +96,10 @@ class Recognizer:
         """
         self.load()
         chips = face_chips(frame, faces, size=self.backbone.chip_size, padding=self.backbone.chip_padding)
-        feats = self.backbone.embed(chips)
-        if self.flip and len(chips):
-            feats = l2_normalise(feats + self.backbone.embed(mirrored(chips)))
-        return feats
+        if not self.flip or len(chips) == 0:
+            return self.backbone.embed(chips)
+        both = self.backbone.embed(np.concatenate([chips, mirrored(chips)]))  # one batch
+        return l2_normalise(both[: len(chips)] + both[len(chips) :])
 
     def embed(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
         """Backbone features -> float32 [N, 128] embeddings through the head."""
