@@ -177,7 +177,7 @@ def test_each_loss_goes_down_on_a_real_slice(slice_features, options):
     from model.train import TrainConfig, split_features, train_head
 
     split = split_features(slice_features, val_fraction=0.25, seed=0)
-    config = TrainConfig(epochs=12, p=4, k=4, learning_rate=1e-3, **options)
+    config = TrainConfig(epochs=12, p=4, k=4, learning_rate=1e-3, weight_decay=1e-4, **options)
     result = train_head(split.train, split.val, config, progress=False)
     loss = result.curve("loss")[1:]
     assert np.all(np.isfinite(loss))
