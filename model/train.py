@@ -578,8 +578,10 @@ def main(argv: list[str] | None = None) -> dict:
         )]
     if args.export:
         from model import export
+        from model.backbones import get_backbone
 
-        summary["export"] = {k: str(v) for k, v in export.export_head(result.head, args.export).items()}
+        files = export.export_head(result.head, args.export, backbone=get_backbone(args.backbone))
+        summary["export"] = {k: str(v) for k, v in files.items()}
     print(json.dumps(summary))
     return summary
 

@@ -122,3 +122,20 @@ def test_backbone_comparison_report_on_the_same_people(tiny_chips, tmp_path):
     assert rows["dlib-resnet"]["tar_at_far_1e-02"] > rows["MobileNetV2 (random)"]["tar_at_far_1e-02"]
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert json.loads((tmp_path / "comparison.json").read_text()).keys() == rows.keys()
+
+
+def test_vgg16_face_embedding_model_matches_backbone_plus_head():
+    """The model `export_head` writes for vgg16-face: raw RGB chips in, the app's embeddings out."""
+    import keras
+
+    from model.backbones import build_vgg_face, l2_normalise, vgg_face_preprocess
+    from model.export import vgg_face_embedding_model
+
+    keras.utils.set_random_seed(0)
+    backbone = build_vgg_face(include_top=False)
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(size=(4096, 128)).astype(np.float32), "vgg16-face")
+    chips = rng.integers(0, 255, size=(2, 224, 224, 3), dtype=np.uint8)
+    expected = head(l2_normalise(np.asarray(backbone(vgg_face_preprocess(chips))).reshape(2, -1)))
+    got = np.asarray(vgg_face_embedding_model(backbone, head)(chips.astype(np.float32)))
+    assert np.allclose(got, expected, atol=1e-4)
