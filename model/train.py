@@ -338,15 +338,21 @@ def train_head(
         rows = next(stream)
         return {"x": train.features[rows], "y": pk_labels[rows].astype(np.int32)}
 
+    before = evaluate_head(init, val, fars) if len(val) else {}
+    has_val = bool(before) and before["genuine_pairs"] > 0 and before["impostor_pairs"] > 0
+    if not has_val:
+        before = {}
+        print("validation people give no genuine and impostor pairs: keeping the last epoch, no threshold",
+              file=sys.stderr)
+
     def validate(kernel: NDArray[np.float32]) -> dict:
-        if len(val) == 0:
+        if not has_val:
             return {}
         scores = evaluate_head(Head(kernel, train.backbone), val, fars)
         return {f"val_{k}": v for k, v in scores.items() if k.startswith(("tar_", "threshold_"))}
 
     history = [{"epoch": 0, "loss": float("nan"), "lr": 0.0, **validate(init.kernel)}]
     best_epoch, best_kernel, best_key = 0, init.kernel.copy(), _score(history[0], config.target_far)
-    has_val = any(k.startswith("val_tar") for k in history[0])
     bar = _epoch_bar(config.epochs, progress)
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -373,7 +379,6 @@ def train_head(
     bar.close()
 
     head = Head(best_kernel, train.backbone)
-    before = evaluate_head(init, val, fars) if has_val else {}
     after = evaluate_head(head, val, fars) if has_val else {}
     threshold_key = f"threshold_at_far_{config.target_far:.0e}"
     head.threshold = float(after[threshold_key]) if has_val and np.isfinite(after[threshold_key]) else init.threshold
@@ -512,7 +517,10 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--people-per-batch", type=int, default=DEFAULT_P, help="P of P x K")
     loss.add_argument("--photos-per-person", type=int, default=DEFAULT_K, help="K of P x K")
     loss.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
-    loss.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    loss.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                      help="constant; step (x --step-factor every --step-epochs); one-cycle (with momentum cycling)")
+    loss.add_argument("--step-epochs", type=int, default=TrainConfig.step_epochs)
+    loss.add_argument("--step-factor", type=float, default=TrainConfig.step_factor)
     loss.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
                       help="L2 penalty on the head kernel (default 0.1, towards the starting kernel)")
     loss.add_argument("--decay-to", choices=("init", "zero"), default="init",
@@ -544,6 +552,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(
         loss=args.loss, mining=args.mining, epochs=args.epochs, p=args.people_per_batch, k=args.photos_per_person,
         margin=args.margin, focal=args.focal, learning_rate=args.lr, schedule=args.schedule,
+        step_epochs=args.step_epochs, step_factor=args.step_factor,
         weight_decay=args.weight_decay, decay_to=args.decay_to, patience=args.patience, target_far=args.target_far, seed=args.seed,
     )
     features = load_features(

@@ -249,6 +249,18 @@ def test_command_line_trains_writes_and_prints_json(celeba_dir, slice_features, 
     assert back["restored"] == rolled["archived"]
 
 
+def test_without_validation_pairs_the_last_epoch_is_kept_without_a_threshold():
+    from model.train import TrainConfig, train_head
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 4)
+    train = FeatureSet(_unit(rng, 32), labels, [f"p{i}" for i in range(8)], [str(i) for i in range(32)], "dlib-resnet")
+    val = FeatureSet(_unit(rng, 3), np.arange(3), ["x", "y", "z"], ["x", "y", "z"], "dlib-resnet")  # one photo each
+    result = train_head(train, val, TrainConfig(epochs=3, p=4, k=2), progress=False)
+    assert result.best_epoch == 3 and result.before == {} and result.after == {}
+    assert result.head.threshold is None and not np.array_equal(result.head.kernel, np.eye(128))
+
+
 # --- the app's database and live pick-up -----------------------------------------------------------
 
 
