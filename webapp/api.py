@@ -78,7 +78,8 @@ def add_photos(person_id: int):
     person, outcomes = store.enroll(
         get_db(), _service(), current_app.config["DATA_DIR"], uploads, person_id=person_id
     )
-    return jsonify(enrollment_json(person, outcomes))
+    result = enrollment_json(person, outcomes)
+    return jsonify(result), (200 if result["accepted"] else 422)  # 422: no photo was usable, nothing stored
 
 
 @bp.delete("/photos/<int:photo_id>")

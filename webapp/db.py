@@ -42,11 +42,16 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open the database with rows as sqlite3.Row, foreign keys on and WAL journaling."""
+    """Open the database with rows as sqlite3.Row, foreign keys on, WAL journaling and secure delete.
+
+    secure_delete overwrites deleted rows with zeros, so a deleted person's
+    face embeddings do not linger in free pages of the file.
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 
@@ -74,6 +79,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def flush_deleted(conn: sqlite3.Connection) -> None:
+    """Checkpoint and empty the WAL file, whose older frames still hold what was just deleted (best effort)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def get_db() -> sqlite3.Connection:

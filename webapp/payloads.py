@@ -15,21 +15,21 @@ PHOTOS_FIELD = "photos"
 # face_<i>: for the i-th file under `photos` (from 0), which of the faces listed
 # by an earlier "several faces" answer to enroll (from 0, largest face first).
 FACE_FIELD = "face_{}"
+MAX_FACE_DIGITS = 4
 
 
 def read_uploads(field: str = PHOTOS_FIELD) -> list[Upload]:
     """The files under `field`, with their face choices; an empty file input counts as no file.
 
-    :raises BadRequest: a face_<i> field that is not a whole number.
+    :raises BadRequest: a face_<i> field that is not a whole number from 0.
     """
     files = [f for f in request.files.getlist(field) if f.filename or f.content_length]
     uploads = []
     for i, storage in enumerate(files):
         raw = request.form.get(FACE_FIELD.format(i), "").strip()
-        try:
-            face_index = int(raw) if raw else None
-        except ValueError:
-            raise BadRequest(f"{FACE_FIELD.format(i)} must be a face number, got {raw!r}") from None
+        if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_FACE_DIGITS):
+            raise BadRequest(f"{FACE_FIELD.format(i)} must be a face number (0, 1, ...), got {raw[:20]!r}")
+        face_index = int(raw) if raw else None
         uploads.append(Upload(file=storage.filename or f"photo {i + 1}", data=storage.read(), face_index=face_index))
     return uploads
 

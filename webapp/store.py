@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from webapp.db import transaction
+from webapp.db import flush_deleted, transaction
 from webapp.faces import Candidate, FaceService
 
 MAX_NAME_LENGTH = 100
@@ -196,7 +196,7 @@ def rename_person(db: sqlite3.Connection, service: FaceService, person_id: int, 
 
 
 def delete_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, person_id: int) -> None:
-    """Remove a person, their photo rows (cascade), embeddings and files."""
+    """Remove a person, their photo rows (cascade), embeddings (stored and in memory) and files."""
     with transaction(db):
         get_person(db, person_id)
         photos = person_photos(db, person_id)
@@ -204,6 +204,7 @@ def delete_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, 
     service.remove_person(person_id)
     for photo in photos:
         _remove_files(data_dir, photo["file"])
+    flush_deleted(db)
 
 
 def delete_photo(db: sqlite3.Connection, service: FaceService, data_dir: Path, photo_id: int) -> sqlite3.Row:
@@ -213,6 +214,7 @@ def delete_photo(db: sqlite3.Connection, service: FaceService, data_dir: Path, p
         db.execute("DELETE FROM photos WHERE id = ?", (photo_id,))
     service.remove_photo(photo_id)
     _remove_files(data_dir, photo["file"])
+    flush_deleted(db)
     return photo
 
 
