@@ -109,6 +109,7 @@ class FeatureSet:
             "photos_per_person_max": int(counts.max()) if len(counts) else 0,
             "people_with_one_photo": int((counts == 1).sum()),
             "no_face_detected": int((~self.detected[real]).sum()),
+            **self.extra,
         }
 
 
@@ -185,6 +186,7 @@ def dataset_features(
     per_person: int | None = None,
     augment: int = 0,
     seed: int = 0,
+    flip: bool | None = None,
     progress: bool = True,
 ) -> FeatureSet:
     """Backbone features of every photo of a folder-per-person dataset, cached.
@@ -192,10 +194,13 @@ def dataset_features(
     :param images: DIR/<person>/<photo>.
     :param backbone: backbone name; ignored when `recognizer` is given (its backbone is used).
     :param recognizer: a `Recognizer` to compute missing features with (default: a new one,
-        loaded only when something is missing).
+        loaded only when something is missing). Its backbone and flip setting are used.
     :param cache_dir: where the .npz lives (default ~/.cache/faces-app, or $FACES_CACHE_DIR).
     :param augment: augmented copies per photo, cached too (copy i of a photo is always
         the same picture, drawn from `seed`); 0 for none.
+    :param flip: average each face's features with its mirror image's, as the app does
+        (default: the Recognizer's own default). Ignored when `recognizer` is given
+        (its `flip` is used). Flipped and plain features are cached in separate files.
     :return: a FeatureSet; unreadable photos are left out (reported on stderr).
     Cost: about 75 ms per new photo with dlib-resnet on one core (detection at upsample 1
     and 2 when needed, plus the ResNet), per augmented copy too; cached photos are free.
@@ -205,9 +210,12 @@ def dataset_features(
 
     images = Path(images)
     listing = list_dataset(images, people, per_person)
-    if recognizer is not None:
-        backbone = recognizer.backbone.name
-    path = cache_file(images, backbone, cache_dir, flip=bool(recognizer is not None and recognizer.flip))
+    if recognizer is None:
+        from model.recognizer import Recognizer
+
+        recognizer = Recognizer(backbone) if flip is None else Recognizer(backbone, flip=flip)  # loaded only if needed
+    backbone = recognizer.backbone.name
+    path = cache_file(images, backbone, cache_dir, flip=recognizer.flip)
     cache = _read_cache(path)
     todo = [
         (name, photo, copy)
@@ -217,10 +225,6 @@ def dataset_features(
         if _photo_key(images, photo, backbone, copy) not in cache
     ]
     if todo:
-        if recognizer is None:
-            from model.recognizer import Recognizer
-
-            recognizer = Recognizer(backbone)
         recognizer.load()
         bar = _progress(len(todo), "backbone features", progress)
         fresh = 0
@@ -266,6 +270,7 @@ def dataset_features(
         np.asarray(detected, dtype=bool),
         np.asarray(augmented, dtype=bool),
         source=str(images),
+        extra={"flip": bool(recognizer.flip)},
     )
 
 

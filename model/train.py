@@ -160,10 +160,15 @@ def load_features(
     people: int | None = None,
     per_person: int | None = None,
     augment: int = 0,
+    flip: bool | None = None,
     recognizer=None,
     progress: bool = True,
 ) -> FeatureSet:
-    """Features from a folder-per-person dataset (cached) or from the app's database."""
+    """Features from a folder-per-person dataset (cached) or from the app's database.
+
+    Train on the features the app uses: flip averaging follows the Recognizer's default
+    unless `flip` says otherwise (the gallery stores whatever the app computed).
+    """
     if (images is None) == (gallery is None):
         raise ValueError("give exactly one of images (a folder per person) or gallery (the app's database)")
     if gallery is not None:
@@ -172,7 +177,7 @@ def load_features(
         return gallery_features(Path(gallery), backbone)
     return dataset_features(
         Path(images), backbone=backbone, recognizer=recognizer, cache_dir=cache_dir,
-        people=people, per_person=per_person, augment=augment, progress=progress,
+        people=people, per_person=per_person, augment=augment, flip=flip, progress=progress,
     )
 
 
@@ -410,6 +415,7 @@ def _sidecar_info(result: TrainResult, train: FeatureSet, val: FeatureSet, epoch
         "config": asdict(config),
         "data": {
             "source": train.source,
+            "flip": train.extra.get("flip"),
             "train_people": int(len(np.unique(train.labels))),
             "train_photos": int((~train.augmented).sum()),
             "train_augmented": int(train.augmented.sum()),
@@ -506,6 +512,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--people", type=int, default=None, help="use only the first N people (by name)")
     source.add_argument("--per-person", type=int, default=None, help="use at most N photos per person")
     source.add_argument("--augment", type=int, default=0, help="augmented copies per photo (--images only)")
+    source.add_argument("--no-flip", action="store_true",
+                        help="plain features, without mirror-image averaging (only if the app runs with flip off)")
     source.add_argument("--val-fraction", type=float, default=0.25, help="people held out for validation")
     source.add_argument("--test-fraction", type=float, default=0.0, help="people held out for a final test")
     loss = parser.add_argument_group("training")
@@ -557,7 +565,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     features = load_features(
         args.images, args.gallery, backbone=args.backbone, cache_dir=args.cache, people=args.people,
-        per_person=args.per_person, augment=args.augment, progress=not args.no_progress,
+        per_person=args.per_person, augment=args.augment, flip=False if args.no_flip else None,
+        progress=not args.no_progress,
     )
     split = split_features(features, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     result = train_head(split.train, split.val, config, progress=not args.no_progress)

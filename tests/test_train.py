@@ -53,6 +53,16 @@ def test_split_by_person_never_leaks_on_the_whole_dataset(celeba_dir):
         assert abs(len(people[1]) - 0.2 * len(listing)) <= 2 and abs(len(people[2]) - 0.1 * len(listing)) <= 2
 
 
+def test_feature_cache_follows_the_recognizer_flip_setting(slice_features, recognizer, celeba_dir, tmp_path_factory):
+    from model.feature_cache import cache_file
+
+    assert slice_features.extra["flip"] == recognizer.flip
+    assert slice_features.summary()["photos"] == len(slice_features) <= SLICE_PEOPLE * SLICE_PHOTOS
+    cache = tmp_path_factory.getbasetemp() / "train-feature-cache"
+    assert cache_file(celeba_dir, "dlib-resnet", cache, flip=recognizer.flip).exists()
+    assert cache_file(celeba_dir, "dlib-resnet", cache, flip=True) != cache_file(celeba_dir, "dlib-resnet", cache)
+
+
 def test_split_features_keeps_augmented_copies_out_of_validation():
     labels = np.repeat(np.arange(12), 4)
     augmented = np.tile([False, False, True, True], 12)
