@@ -73,6 +73,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         async_handlers=False,  # frames are handled in arrival order; handlers only store them
         max_http_buffer_size=FRAME_BUFFER_FACTOR * app.config["MAX_FRAME_BYTES"],
     )
+    security.limit_websocket_messages(socketio.server.eio)
+    auth.gate_socketio(app)
     events.init_app(app, socketio.server)
     return app
 

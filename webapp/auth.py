@@ -208,6 +208,34 @@ def setup():
     return redirect(url_for("index"))
 
 
+class SocketGate:
+    """WSGI middleware: a Socket.IO request (handshake, WebSocket upgrade, polling) needs the admin's session.
+
+    The /live connect handler checks the session too, but only once a
+    connection is open; the gate keeps strangers from opening one at all, and
+    so from the buffers and threads a connection costs.
+    """
+
+    def __init__(self, app: Flask, wsgi_app, path: str = "/socket.io"):
+        self.app, self.wsgi_app, self.path = app, wsgi_app, path
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(self.path) and not self._logged_in(environ):
+            body = b'{"error": "please log in"}'
+            start_response("401 UNAUTHORIZED", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return self.wsgi_app(environ, start_response)
+
+    def _logged_in(self, environ) -> bool:
+        with self.app.request_context(environ):
+            return logged_in()
+
+
+def gate_socketio(app: Flask) -> None:
+    """Put SocketGate in front of the app; call after socketio.init_app (which wraps app.wsgi_app itself)."""
+    app.wsgi_app = SocketGate(app, app.wsgi_app)
+
+
 def init_app(app: Flask) -> None:
     """Apply FACES_ADMIN_PASSWORD (then drop it from the config) and guard every request.
 

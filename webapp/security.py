@@ -73,6 +73,24 @@ def init_app(app: Flask) -> None:
     limiter.init_app(app)
 
 
+def limit_websocket_messages(eio_server) -> None:
+    """Make WebSocket reads stop at Engine.IO's max_http_buffer_size.
+
+    Engine.IO's threading driver opens simple-websocket without a message cap
+    and checks the size only once the whole message is in memory: one 300 MB
+    message took the server's RSS to 757 MB. With the cap, simple-websocket
+    closes the connection (1009, message too big) as soon as the bytes pass it.
+    """
+    base = eio_server._async["websocket"]
+
+    class LimitedWebSocket(base):
+        def __init__(self, handler, server, **kwargs):
+            kwargs.setdefault("max_message_size", server.max_http_buffer_size)
+            super().__init__(handler, server, **kwargs)
+
+    eio_server._async = {**eio_server._async, "websocket": LimitedWebSocket}
+
+
 # --- the address server.py listens on ----------------------------------------------
 
 
