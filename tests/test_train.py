@@ -271,6 +271,25 @@ def test_without_validation_pairs_the_last_epoch_is_kept_without_a_threshold():
     assert result.head.threshold is None and not np.array_equal(result.head.kernel, np.eye(128))
 
 
+def test_a_wide_backbone_starts_from_a_random_projection_and_round_trips(tmp_path):
+    """vgg16-face style features (not 128-D): no identity start, the head must be trained and saved."""
+    from model.train import TrainConfig, initial_head, save_trained_head, split_features, train_head
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(16), 4)
+    centres = rng.normal(size=(16, 256))
+    x = centres[labels] + 0.8 * rng.normal(size=(64, 256))
+    fs = FeatureSet((x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels,
+                    [f"p{i}" for i in range(16)], [str(i) for i in range(64)], "wide")
+    start = initial_head("wide", 256)
+    assert start.kernel.shape == (256, 128) and start.info["init"] == "random-projection"
+    split = split_features(fs, seed=0)
+    result = train_head(split.train, split.val, TrainConfig(epochs=5, p=4, k=4, learning_rate=1e-3), progress=False)
+    path, _ = save_trained_head(result.head, tmp_path / "head_wide.h5")
+    loaded = load_head("wide", 256, path=path)
+    assert np.array_equal(loaded(split.val.features), result.head(split.val.features))
+
+
 # --- the app's database and live pick-up -----------------------------------------------------------
 
 
