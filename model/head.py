@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.backbones import l2_normalise
-from model.paths import WEIGHTS_DIR
+from model import paths
 
 EMBEDDING_DIM = 128
 
@@ -51,16 +51,16 @@ class Head:
         return l2_normalise(features.astype(np.float32) @ self.kernel)
 
 
-def head_path(backbone: str, weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """Where the app looks for a backbone's head."""
-    return Path(weights_dir) / f"head_{backbone}.h5"
+def head_path(backbone: str, weights_dir: Path | None = None) -> Path:
+    """Where the app looks for a backbone's head (weights_dir defaults to model.paths.WEIGHTS_DIR)."""
+    return Path(weights_dir or paths.WEIGHTS_DIR) / f"head_{backbone}.h5"
 
 
 def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def load_head(backbone: str, dim: int, path: Path | None = None, weights_dir: Path = WEIGHTS_DIR) -> Head:
+def load_head(backbone: str, dim: int, path: Path | None = None, weights_dir: Path | None = None) -> Head:
     """Load a head file, or the identity head when a 128-D backbone has none yet.
 
     :raises HeadUnavailable: no file and the backbone is not 128-D.

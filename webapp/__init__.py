@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.context_processor(lambda: {"faces_model": service})
     service.start_loading()
 
-    from webapp import api, enroll, export, live, people
+    from webapp import api, enroll, export, head, live, people
 
     security.init_app(app)  # before the blueprints: it sets the id converter
     auth.init_app(app)
@@ -64,6 +64,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(live.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(export.bp)
+    app.register_blueprint(head.bp)
     app.add_url_rule("/", endpoint="index", view_func=people.index)
     errors.init_app(app)
 

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from model.backbones import BackboneUnavailable
 from model.gallery import Gallery
-from model.head import HeadUnavailable
+from model.head import Head, HeadUnavailable
 from model.images import ImageError, decode_image
 from model.detect import Face
 from model.gallery import Match
@@ -168,6 +168,13 @@ class FaceService:
     def remove_photo(self, photo_id: int) -> None:
         self.gallery.remove_photo(photo_id)
         self.gallery_version += 1
+
+    def swap_head(self, head: Head, gallery: Gallery) -> None:
+        """Use a new head and the gallery it embedded, together, between two frames."""
+        with self._model_lock:
+            self.recognizer.set_head(head)
+            self.gallery = gallery
+            self.gallery_version += 1
 
     def remove_person(self, person_id: int) -> None:
         self.gallery.remove_person(person_id)

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from model.feature_cache import reload_head as build_reloaded_head
 from webapp.db import flush_deleted, transaction
 from webapp.faces import Candidate, FaceService
 
@@ -277,6 +278,33 @@ def enroll(
     for candidate in accepted:
         service.add_photo(photo_ids[id(candidate)], person_id, candidate.embedding)
     return person, [(candidate, photo_ids.get(id(candidate))) for candidate in candidates]
+
+
+def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
+    """Load the backbone's head file again, re-embed every stored photo from its features, swap both in.
+
+    The new embeddings are written back in one transaction before the swap;
+    on a bad head file nothing changes. :raises ValueError, HeadUnavailable.
+    """
+    service.wait_ready()
+    rows = db.execute(
+        "SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
+        (service.backbone,),
+    ).fetchall()
+    head, gallery, embeddings = build_reloaded_head(
+        service.backbone,
+        service.recognizer.backbone.dim,
+        [row["id"] for row in rows],
+        [row["person_id"] for row in rows],
+        [row["features"] for row in rows],
+    )
+    with transaction(db):
+        db.executemany(
+            "UPDATE photos SET embedding = ? WHERE id = ?",
+            [(to_blob(embedding), row["id"]) for embedding, row in zip(embeddings, rows)],
+        )
+    service.swap_head(head, gallery)
+    return {"photos": len(rows), "threshold": service.recognizer.threshold, "head": head.info}
 
 
 # --- files -------------------------------------------------------------------------
