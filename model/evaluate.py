@@ -4,7 +4,7 @@
     python -m model.evaluate identify --images DIR --enroll K
     python -m model.evaluate make-pairs --images DIR --out FILE --seed S
 
-Common options: --backbone NAME, --head FILE, --no-flip, --cache FILE.npz. Progress goes to stderr;
+Common options: --backbone NAME, --head FILE, --no-flip, --cache DIR, --no-cache. Progress goes to stderr;
 the last line of stdout is one JSON object.
 
 Photos where HOG finds no face even at upsample 2 are embedded from an assumed
@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from model import metrics
+from model import feature_cache, metrics
 from model.gallery import Gallery
 from model.head import load_head
 from model.images import ImageError, load_image
@@ -133,18 +133,26 @@ class Embedded:
     computed: int  # photos read and embedded in this run (the rest came from the cache)
 
 
-def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | None = None) -> Embedded:
+def embed_portraits(
+    recognizer: Recognizer, images: Path, paths: list[Path], cache_dir: Path | None | bool = None
+) -> Embedded:
     """Embed the face of each portrait once (see `Recognizer.portrait_face`).
 
-    With `cache`, backbone features are kept in that .npz between runs (keyed by
-    path and backbone), so scoring another head or threshold skips detection.
+    Backbone features are kept in the same cache as the trainer's
+    (`model.feature_cache`, keyed by photo, size, mtime, backbone and flip), so
+    scoring another head, or the same set again, skips detection. cache_dir=None
+    uses the default cache folder; pass `False` to compute everything afresh.
     """
-    tag = recognizer.backbone.name + ("+flip" if recognizer.flip else "")
-    cached = _read_cache(cache, tag)
+    backbone = recognizer.backbone.name
+    cache_path = feature_cache.cache_file(images, backbone, cache_dir or None, flip=recognizer.flip)
+    cached = feature_cache.read_cache(cache_path) if cache_dir is not False else {}
     features, no_face, unreadable, computed = {}, 0, 0, 0
     start = time.perf_counter()
     for path in tqdm(sorted(set(paths)), desc="embedding", unit="img", file=sys.stderr):
-        key = str(Path(path).resolve())
+        try:
+            key = feature_cache.photo_key(images, path, backbone, 0)
+        except OSError:
+            key = None  # a missing file: reported as unreadable below
         if key in cached:
             features[path], detected = cached[key]
             no_face += not detected
@@ -161,31 +169,11 @@ def embed_portraits(recognizer: Recognizer, paths: list[Path], cache: Path | Non
         features[path] = recognizer.features(photo, [face])[0]
         cached[key] = (features[path], detected)
     seconds = time.perf_counter() - start
-    if cache:
-        _write_cache(cache, tag, cached)
+    if computed and cache_dir is not False:
+        feature_cache.write_cache(cache_path, cached)
     found = list(features)
     vectors = recognizer.embed(np.stack([features[p] for p in found])) if found else []
     return Embedded(dict(zip(found, vectors)), no_face, unreadable, seconds, computed)
-
-
-def _read_cache(cache: Path | None, tag: str) -> dict:
-    if not cache or not Path(cache).exists():
-        return {}
-    with np.load(cache, allow_pickle=False) as data:
-        if str(data["backbone"]) != tag:
-            return {}
-        return {k: (f, bool(d)) for k, f, d in zip(data["paths"].tolist(), data["features"], data["detected"])}
-
-
-def _write_cache(cache: Path, tag: str, cached: dict) -> None:
-    keys = sorted(cached)
-    np.savez(
-        cache,
-        backbone=tag,
-        paths=np.array(keys),
-        features=np.stack([cached[k][0] for k in keys]),
-        detected=np.array([cached[k][1] for k in keys]),
-    )
 
 
 def _similarity(embedded: Embedded, a: Path, b: Path) -> float:
@@ -197,9 +185,9 @@ def _similarity(embedded: Embedded, a: Path, b: Path) -> float:
 # --- subcommands ---------------------------------------------------------------------
 
 
-def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path | None = None) -> dict:
+def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path | None | bool = None) -> dict:
     pairs = read_pairs(pairs_file, images)
-    embedded = embed_portraits(recognizer, pairs.left + pairs.right, cache)
+    embedded = embed_portraits(recognizer, images, pairs.left + pairs.right, cache)
     scores = np.array([_similarity(embedded, a, b) for a, b in zip(pairs.left, pairs.right)])
     accuracies = metrics.kfold_accuracy(scores, pairs.same, pairs.folds)
     genuine, impostor = scores[pairs.same], scores[~pairs.same]
@@ -216,13 +204,13 @@ def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path |
     }
 
 
-def identify(recognizer: Recognizer, images: Path, enroll: int, cache: Path | None = None) -> dict:
+def identify(recognizer: Recognizer, images: Path, enroll: int, cache: Path | None | bool = None) -> dict:
     people = people_photos(images)
     enrolled = {name: photos[:enroll] for name, photos in people.items() if len(photos) > enroll}
     mated = [(name, p) for name, photos in enrolled.items() for p in people[name][enroll:]]
     non_mated = [p for name, photos in people.items() if name not in enrolled for p in photos]
     all_paths = [p for photos in enrolled.values() for p in photos] + [p for _, p in mated] + non_mated
-    embedded = embed_portraits(recognizer, all_paths, cache)
+    embedded = embed_portraits(recognizer, images, all_paths, cache)
 
     gallery = Gallery(dim=128)
     person_id = {name: i for i, name in enumerate(enrolled)}
@@ -281,7 +269,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--flip", action=argparse.BooleanOptionalAction, default=True,
         help="average each face with its mirror image (default: on, as in the app)",
     )
-    common.add_argument("--cache", type=Path, default=None, help=".npz file keeping backbone features between runs")
+    common.add_argument(
+        "--cache", type=Path, default=None,
+        help=f"folder keeping backbone features between runs, shared with model.train (default {feature_cache.DEFAULT_CACHE_DIR})",
+    )
+    common.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="compute every photo afresh")
     sub = parser.add_subparsers(dest="command", required=True)
     p_verify = sub.add_parser("verify", parents=[common], help="LFW 10-fold verification")
     p_verify.add_argument("--pairs", type=Path, required=True)

@@ -141,13 +141,13 @@ def cache_file(images: Path, backbone: str, cache_dir: Path | None = None, flip:
     return Path(cache_dir or DEFAULT_CACHE_DIR) / f"features-{backbone}{suffix}-{Path(images).name}-{digest}.npz"
 
 
-def _photo_key(images: Path, path: Path, backbone: str, copy: int) -> str:
+def photo_key(images: Path, path: Path, backbone: str, copy: int) -> str:
     stat = path.stat()
     rel = path.relative_to(images).as_posix()
     return f"{rel}|{stat.st_size}|{stat.st_mtime_ns}|{backbone}|{copy}"
 
 
-def _read_cache(path: Path) -> dict[str, tuple[NDArray[np.float32], bool]]:
+def read_cache(path: Path) -> dict[str, tuple[NDArray[np.float32], bool]]:
     if not path.exists():
         return {}
     try:
@@ -158,7 +158,7 @@ def _read_cache(path: Path) -> dict[str, tuple[NDArray[np.float32], bool]]:
         return {}
 
 
-def _write_cache(path: Path, entries: dict[str, tuple[NDArray[np.float32], bool]]) -> None:
+def write_cache(path: Path, entries: dict[str, tuple[NDArray[np.float32], bool]]) -> None:
     """Write atomically: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(entries)
@@ -216,13 +216,13 @@ def dataset_features(
         recognizer = Recognizer(backbone) if flip is None else Recognizer(backbone, flip=flip)  # loaded only if needed
     backbone = recognizer.backbone.name
     path = cache_file(images, backbone, cache_dir, flip=recognizer.flip)
-    cache = _read_cache(path)
+    cache = read_cache(path)
     todo = [
         (name, photo, copy)
         for name, photos in listing.items()
         for photo in photos
         for copy in range(augment + 1)
-        if _photo_key(images, photo, backbone, copy) not in cache
+        if photo_key(images, photo, backbone, copy) not in cache
     ]
     if todo:
         recognizer.load()
@@ -239,20 +239,20 @@ def dataset_features(
                 rng = np.random.default_rng([seed, copy, int(hashlib.sha1(str(photo).encode()).hexdigest()[:8], 16)])
                 picture = augment_photo(picture, rng)
             face, detected = recognizer.portrait_face(picture)
-            cache[_photo_key(images, photo, backbone, copy)] = (recognizer.features(picture, [face])[0], detected)
+            cache[photo_key(images, photo, backbone, copy)] = (recognizer.features(picture, [face])[0], detected)
             fresh += 1
             bar.update(1)
             if fresh % SAVE_EVERY == 0:
-                _write_cache(path, cache)
+                write_cache(path, cache)
         bar.close()
-        _write_cache(path, cache)
+        write_cache(path, cache)
 
     features, labels, paths, detected, augmented = [], [], [], [], []
     names = list(listing)
     for label, name in enumerate(names):
         for photo in listing[name]:
             for copy in range(augment + 1):
-                entry = cache.get(_photo_key(images, photo, backbone, copy))
+                entry = cache.get(photo_key(images, photo, backbone, copy))
                 if entry is None:
                     continue  # unreadable
                 features.append(entry[0])

@@ -46,12 +46,13 @@ def test_make_pairs_writes_the_lfw_format(small_set, tmp_path, capsys):
 def test_verify_reports_the_protocol_keys(small_set, tmp_path, capsys):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(evaluate.make_pairs(small_set, seed=1, n_folds=2, per_kind=5))
-    cache = tmp_path / "features.npz"
+    cache = tmp_path / "cache"
     args = ["verify", "--images", str(small_set), "--pairs", str(pairs), "--cache", str(cache)]
     result = evaluate.main(args)
     assert last_json(capsys) == result
-    assert cache.exists()
-    again = evaluate.main(args)  # from the cache: same scores
+    assert len(list(cache.glob("*.npz"))) == 1 and result["ms_per_image"] > 0
+    again = evaluate.main(args)  # from the cache: same scores, nothing computed
+    assert again["ms_per_image"] is None
     assert {k: again[k] for k in ("accuracy", "tar_at_far_1e-3", "no_face")} == {
         k: result[k] for k in ("accuracy", "tar_at_far_1e-3", "no_face")
     }
@@ -62,7 +63,7 @@ def test_verify_reports_the_protocol_keys(small_set, tmp_path, capsys):
 
 
 def test_identify_splits_enrolled_and_non_mated(small_set, capsys):
-    result = evaluate.main(["identify", "--images", str(small_set), "--enroll", "2"])
+    result = evaluate.main(["identify", "--images", str(small_set), "--enroll", "2", "--no-cache"])
     assert last_json(capsys) == result
     assert result["enrolled_people"] == 12
     assert result["mated_probes"] == 12
