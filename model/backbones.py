@@ -171,6 +171,12 @@ class VGG16Face(Backbone):
             self._model = build_vgg_face(include_top=False)
             self._model.load_weights(str(self.weights_path))
 
+    @property
+    def keras_model(self):
+        """The loaded Keras model (input: `vgg_face_preprocess` output; output: fc7), for training and export."""
+        self.load()
+        return self._model
+
     def _embed_batch(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         out = self._model(vgg_face_preprocess(chips), training=False)
         return np.asarray(out, dtype=np.float32).reshape(len(chips), -1)

@@ -35,9 +35,7 @@ def head_model(head: Head):
 
 def keras_backbone(backbone: Backbone):
     """The loaded Keras model inside a backbone, or None when it is not a Keras model (dlib)."""
-    backbone.load()
-    model = getattr(backbone, "_model", None)
-    return model if model is not None and hasattr(model, "export") else None
+    return getattr(backbone, "keras_model", None)
 
 
 def vgg_face_embedding_model(backbone_model, head: Head):

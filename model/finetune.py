@@ -167,7 +167,7 @@ def build_backbone(name: str, weights: Path | None = None, *, input_size: int | 
         path = Path(weights) if weights else WEIGHTS_DIR / VGG_FACE_WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f"vgg16-face needs its weights file at {path} (never downloaded)")
-        model = VGG16Face(path).load()._model  # the app's own loader: with or without the 2622-way top
+        model = VGG16Face(path).keras_model  # the app's own loader: with or without the 2622-way top
         size = 224
         if trainable_layers is None:
             trainable_layers = DEFAULT_VGG_TRAINABLE
