@@ -20,6 +20,7 @@ from pathlib import Path
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from limits import parse_many
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
@@ -52,7 +53,14 @@ class JSONProvider(DefaultJSONProvider):
 
 
 def init_app(app: Flask) -> None:
-    """Cookie, CSRF and rate-limit settings, then the extensions. Call before registering blueprints."""
+    """Cookie, CSRF and rate-limit settings, then the extensions. Call before registering blueprints.
+
+    :raises ValueError: LOGIN_LIMIT (FACES_LOGIN_LIMIT) is not a rate like "5 per minute".
+    """
+    try:
+        parse_many(app.config["LOGIN_LIMIT"])
+    except ValueError:
+        raise ValueError(f"FACES_LOGIN_LIMIT={app.config['LOGIN_LIMIT']!r} is not a rate like '5 per minute'") from None
     app.url_map.converters["int"] = RowId
     app.json = JSONProvider(app)
     app.config.update(

@@ -107,9 +107,9 @@ def test_add_a_person_in_the_browser_then_see_them_named_live(
         assert "/login?next=/people/new" in page.url
         page.fill("#password", TEST_PASSWORD)
         page.click("#login-submit")
+        page.wait_for_url(f"{url}/people/new")  # and its load event: enroll.js must be running before files come
 
         # Add person: three photos of them, a group photo and a file that is not an image.
-        expect(page.locator("#name")).to_be_visible()
         page.fill("#name", NAME)
         enrolled = [celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3)]
         odd = [samples_dir / "two_people.jpg", samples_dir / "not_an_image.jpg"]

@@ -199,6 +199,15 @@ def test_failed_logins_are_rate_limited_per_address(anonymous, app):
     assert elsewhere.post("/api/login", json={"password": TEST_PASSWORD}).status_code == 200
 
 
+def test_the_limit_is_a_setting(tmp_path, web_recognizer):
+    config = {"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "RECOGNIZER": web_recognizer}
+    strict = create_app({**config, "LOGIN_LIMIT": "2 per hour"}).test_client()
+    assert [strict.post("/api/login", json={"password": "guess"}).status_code for _ in range(3)] == [401, 401, 429]
+    assert int(strict.post("/api/login", json={"password": "guess"}).headers["Retry-After"]) > 60
+    with pytest.raises(ValueError, match="FACES_LOGIN_LIMIT='often' is not a rate"):
+        create_app({**config, "LOGIN_LIMIT": "often"})
+
+
 def test_successful_logins_are_not_limited(app):
     client = app.test_client()
     for _ in range(8):
