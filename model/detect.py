@@ -45,7 +45,7 @@ class FaceDetector:
     """
 
     def __init__(self, predictor_path: str | None = None):
-        self._predictor_path = predictor_path
+        self.predictor_path = predictor_path
         self._detector = None
         self._predictor = None
         self._lock = threading.Lock()
@@ -56,7 +56,7 @@ class FaceDetector:
             if self._detector is None:
                 import dlib
 
-                path = self._predictor_path
+                path = self.predictor_path
                 if path is None:
                     import face_recognition_models
 

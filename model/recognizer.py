@@ -79,6 +79,18 @@ class Recognizer:
             self.head = load_head(self.backbone.name, self.backbone.dim)
         return self
 
+    def twin(self) -> "Recognizer":
+        """A recognizer with the same backbone kind, head, threshold and flip but its own
+        detector and network, for a second thread: dlib's objects keep per-call state and
+        must not run on two threads at once. Not loaded yet (load() is lazy as ever)."""
+        return Recognizer(
+            self.backbone.name,
+            head=self.head,
+            detector=FaceDetector(self.detector.predictor_path),
+            threshold=self._threshold,
+            flip=self.flip,
+        )
+
     def set_head(self, head: Head) -> None:
         """Swap in a new head (one assignment, so concurrent frames see old or new, never half)."""
         self.head = head

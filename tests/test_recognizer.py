@@ -114,3 +114,9 @@ def test_flip_averaging_is_the_mean_of_both_views(recognizer, samples_dir):
     chips = face_chips(image, faces, size=150, padding=0.25)
     both = recognizer.backbone.embed(chips) + recognizer.backbone.embed(mirrored(chips))
     assert np.allclose(embeddings, both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_a_twin_shares_settings_but_not_dlib_objects(recognizer):
+    twin = recognizer.twin()
+    assert twin.detector is not recognizer.detector and twin.backbone is not recognizer.backbone
+    assert twin.head is recognizer.head and twin.threshold == recognizer.threshold and twin.flip == recognizer.flip

@@ -3,8 +3,11 @@
 `FaceService` is created in `create_app` and kept in `app.extensions["faces"]`.
 It loads the model on a background thread so the server answers at once;
 callers that need the model wait for it (`ModelNotReady` after a timeout or a
-failed load). All model calls go through one lock: dlib's detector and network
-keep per-call scratch state and must not run on two threads at once.
+failed load). dlib's detector and network keep per-call scratch state and must
+not run on two threads at once, so enrollment and /api/recognize share one
+recognizer behind one lock, and the live worker has its own twin (same head,
+own dlib objects) behind another: an enrollment and a live frame use the two
+cores at once instead of the live video stalling.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class FaceService:
         self.recognize_upsample = recognize_upsample
         self.max_frame_bytes = max_frame_bytes
         self._model_lock = threading.Lock()
+        self.live_recognizer = recognizer.twin()  # loads itself on the first live frame
+        self._live_lock = threading.Lock()
         self._loaded = threading.Event()
         self._load_error: str | None = None
 
@@ -171,8 +176,9 @@ class FaceService:
 
     def swap_head(self, head: Head, gallery: Gallery) -> None:
         """Use a new head and the gallery it embedded, together, between two frames."""
-        with self._model_lock:
+        with self._model_lock, self._live_lock:
             self.recognizer.set_head(head)
+            self.live_recognizer.set_head(head)
             self.gallery = gallery
             self.gallery_version += 1
 
@@ -229,7 +235,7 @@ class FaceService:
     def new_stream(self) -> LiveStream:
         """Per-connection state for a live video: tracks faces so most frames skip detection and embedding."""
         tracker = FaceTracker(
-            self.recognizer,
+            self.live_recognizer,
             detect_every=self.live_detect_every,
             reembed_every=self.live_reembed_every,
             max_side=self.live_max_side,
@@ -240,7 +246,7 @@ class FaceService:
     def recognize_stream(self, stream: LiveStream, frame: NDArray[np.uint8]) -> list[dict]:
         """The next frame of a live stream, as `faces` entries (see `recognize`)."""
         self.wait_ready()
-        with self._model_lock:
+        with self._live_lock:
             if stream.gallery_version != self.gallery_version:
                 stream.tracker.reset()
                 stream.gallery_version = self.gallery_version

@@ -59,6 +59,8 @@ def test_reload_applies_the_new_head_and_its_threshold(client, photo, weights_di
     assert summary["photos"] == 3 and summary["threshold"] == pytest.approx(0.5)
     assert summary["head"]["loss"] == "test"
 
+    service = client.application.extensions["faces"]
+    assert service.live_recognizer.head is service.recognizer.head  # the live twin got it too
     after = recognize(client, photo(ENROLLED, 5))[0]
     assert after["person_id"] == person_id
     assert after["similarity"] == pytest.approx(before["similarity"], abs=1e-3)
