@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import io
-import queue
-import threading
 import time
 
 import pytest
-import socketio
 from PIL import Image
 from web_helpers import (
     ENROLLED,
     STRANGER,
-    cookie_header,
+    LiveClient,
     enroll_json,
     log_in,
     on_background,
     prepare_data_dir,
     running_server,
-    server_session,
 )
 
 from webapp import create_app
@@ -36,45 +32,6 @@ def server(tmp_path_factory, web_recognizer, celeba_dir):
     assert enroll_json(log_in(app.test_client()), "Ada", photos).status_code == 201
     with running_server(data_dir) as url:
         yield url
-
-
-class LiveClient:
-    """A logged-in /live connection that collects what the server sends."""
-
-    def __init__(self, url: str):
-        self.answers: queue.Queue = queue.Queue()
-        self.sio = socketio.Client(reconnection=False)
-        self.sio.on("faces", lambda data: self.answers.put(("faces", data)), namespace="/live")
-        self.sio.on("error", lambda data: self.answers.put(("error", data)), namespace="/live")
-        self.sio.connect(
-            url, transports=["websocket"], namespaces=["/live"], wait_timeout=10,
-            headers=cookie_header(server_session(url)),
-        )
-
-    def send(self, payload) -> None:
-        self.sio.emit("frame", payload, namespace="/live")
-
-    def next(self, timeout: float = ANSWER_TIMEOUT_S) -> tuple[str, dict]:
-        return self.answers.get(timeout=timeout)
-
-    def ask(self, payload) -> tuple[str, dict]:
-        self.send(payload)
-        return self.next()
-
-    def drain(self, quiet_s: float = 2.0) -> list[tuple[str, dict]]:
-        """Everything that arrives until nothing has come for quiet_s."""
-        got = []
-        while True:
-            try:
-                got.append(self.answers.get(timeout=quiet_s))
-            except queue.Empty:
-                return got
-
-    def close(self) -> None:
-        # websocket-client waits up to 3 s for the server's half of the close
-        # handshake, which Werkzeug's threaded server often skips; nothing here
-        # depends on it, so the tests do not wait.
-        threading.Thread(target=self.sio.disconnect, daemon=True).start()
 
 
 @pytest.fixture
@@ -165,6 +122,7 @@ def test_two_connections_each_get_their_own_answers(server, frames):
         first.send(frames(ENROLLED, 20))
         second.send(frames(STRANGER, 3))
         (event1, a1), (event2, a2) = first.next(), second.next()
+        assert event1 == event2 == "faces"
         assert a1["faces"][0]["name"] == "Ada" and a2["faces"][0]["name"] is None
         assert a1["frame_id"] == a2["frame_id"] == 0
         time.sleep(0.5)

@@ -6,8 +6,6 @@ Memory is the server process's VmRSS (and VmHWM, its peak) from /proc.
 from __future__ import annotations
 
 import io
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from PIL import Image
 from web_helpers import (
     ENROLLED,
     STRANGER,
+    LiveClient,
     cookie_header,
     on_background,
     prepare_data_dir,
@@ -54,36 +53,7 @@ def frames(celeba_dir) -> list[bytes]:
     return [on_background((celeba_dir / p / f"{p}_{i:04d}.jpg").read_bytes()) for p, i in chosen]
 
 
-class Live:
-    """A /live connection (logged in unless told otherwise) that collects what the server sends."""
-
-    def __init__(self, url: str, headers: dict | None = None):
-        self.answers: queue.Queue = queue.Queue()
-        self.refusals: list = []
-        self.sio = socketio.Client(reconnection=False)
-        self.sio.on("faces", lambda data: self.answers.put(("faces", data)), namespace="/live")
-        self.sio.on("error", lambda data: self.answers.put(("error", data)), namespace="/live")
-        self.sio.on("connect_error", self.refusals.append, namespace="/live")
-        self.sio.connect(url, transports=["websocket"], namespaces=["/live"], wait_timeout=10,
-                         headers=cookie_header(server_session(url)) if headers is None else headers)
-
-    def ask(self, payload) -> tuple[str, dict]:
-        self.sio.emit("frame", payload, namespace="/live")
-        return self.answers.get(timeout=ANSWER_TIMEOUT_S)
-
-    def drain(self, quiet_s: float = 2.0) -> list[tuple[str, dict]]:
-        got = []
-        while True:
-            try:
-                got.append(self.answers.get(timeout=quiet_s))
-            except queue.Empty:
-                return got
-
-    def close(self) -> None:
-        threading.Thread(target=self.sio.disconnect, daemon=True).start()
-
-
-def drain_all(clients: list[Live], quiet_s: float = 2.0) -> list[list[tuple[str, dict]]]:
+def drain_all(clients: list[LiveClient], quiet_s: float = 2.0) -> list[list[tuple[str, dict]]]:
     """What each client receives until none has received anything for quiet_s."""
     got = [[] for _ in clients]
     last = time.monotonic()
@@ -98,7 +68,7 @@ def drain_all(clients: list[Live], quiet_s: float = 2.0) -> list[list[tuple[str,
 
 @pytest.fixture
 def live(server):
-    client = Live(server[1])
+    client = LiveClient(server[1])
     yield client
     client.close()
 
@@ -113,7 +83,7 @@ def live(server):
 )
 def test_a_connection_without_a_login_is_refused(server, headers):
     with pytest.raises(socketio.exceptions.ConnectionError):
-        Live(server[1], headers=headers)
+        LiveClient(server[1], headers=headers)
     # Not even the Engine.IO handshake underneath is open to strangers.
     with pytest.raises(websocket.WebSocketBadStatusException, match="401"):
         websocket.create_connection(server[1].replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket",
@@ -123,7 +93,7 @@ def test_a_connection_without_a_login_is_refused(server, headers):
 def test_a_login_from_another_site_is_refused(server):
     headers = {**cookie_header(server_session(server[1])), "Origin": "https://evil.example"}
     with pytest.raises(socketio.exceptions.ConnectionError):
-        Live(server[1], headers=headers)
+        LiveClient(server[1], headers=headers)
 
 
 def test_a_logged_in_connection_works(live, frames):
@@ -241,7 +211,7 @@ def test_a_flood_of_junk_gets_few_answers(server, live, frames):
 
 def test_many_connections_each_keep_one_slot(server, frames):
     process, url = server
-    clients = [Live(url) for _ in range(6)]
+    clients = [LiveClient(url) for _ in range(6)]
     try:
         before = memory_mb(process.pid)
         for _ in range(100):

@@ -15,8 +15,10 @@ import contextlib
 import functools
 import io
 import os
+import queue
 import socket
 import subprocess
+import threading
 import sys
 import time
 from collections.abc import Iterator
@@ -174,3 +176,47 @@ def webcam_frame(portrait, size: tuple[int, int] = (640, 480), grey: int = 200):
     frame = Image.new("RGB", size, (grey, grey, grey))
     frame.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
     return np.asarray(frame)
+
+
+class LiveClient:
+    """A /live connection (logged in unless `headers` says otherwise) that collects what the server sends."""
+
+    def __init__(self, url: str, headers: dict | None = None, answer_timeout_s: float = 15):
+        import socketio
+
+        self.answers: queue.Queue = queue.Queue()
+        self.refusals: list = []
+        self.answer_timeout_s = answer_timeout_s
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("faces", lambda data: self.answers.put(("faces", data)), namespace="/live")
+        self.sio.on("error", lambda data: self.answers.put(("error", data)), namespace="/live")
+        self.sio.on("connect_error", self.refusals.append, namespace="/live")
+        self.sio.connect(
+            url, transports=["websocket"], namespaces=["/live"], wait_timeout=10,
+            headers=cookie_header(server_session(url)) if headers is None else headers,
+        )
+
+    def send(self, payload) -> None:
+        self.sio.emit("frame", payload, namespace="/live")
+
+    def next(self, timeout: float | None = None) -> tuple[str, dict]:
+        return self.answers.get(timeout=timeout or self.answer_timeout_s)
+
+    def ask(self, payload) -> tuple[str, dict]:
+        self.send(payload)
+        return self.next()
+
+    def drain(self, quiet_s: float = 2.0) -> list[tuple[str, dict]]:
+        """Everything that arrives until nothing has come for quiet_s."""
+        got = []
+        while True:
+            try:
+                got.append(self.answers.get(timeout=quiet_s))
+            except queue.Empty:
+                return got
+
+    def close(self) -> None:
+        # websocket-client waits up to 3 s for the server's half of the close
+        # handshake, which Werkzeug's threaded server often skips; nothing here
+        # depends on it, so the tests do not wait.
+        threading.Thread(target=self.sio.disconnect, daemon=True).start()
