@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import auth, db, errors, events, security, settings, store
+from webapp import auth, db, errors, events, security, settings, sightings, store
 from webapp.extensions import socketio
 from webapp.faces import FaceService
 
@@ -55,7 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.context_processor(lambda: {"faces_model": service})
     service.start_loading()
 
-    from webapp import api, enroll, export, head, live, people
+    from webapp import api, enroll, export, head, inbox, live, people
 
     security.init_app(app)  # before the blueprints: it sets the id converter
     auth.init_app(app)
@@ -65,6 +65,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(export.bp)
     app.register_blueprint(head.bp)
+    app.register_blueprint(inbox.bp)
     app.add_url_rule("/", endpoint="index", view_func=people.index)
     errors.init_app(app)
 
@@ -114,10 +115,12 @@ def _secret_key(data_dir: Path) -> str:
 
 
 def _sweep(app: Flask) -> None:
-    """Remove files a crash left without rows; report rows whose files are gone."""
+    """Remove files a crash left without rows and rows past their retention; report rows whose files are gone."""
     conn = db.connect(app.config["DATABASE"])
     try:
-        removed = store.sweep_orphans(conn, app.config["DATA_DIR"])
+        removed = store.sweep_orphans(conn, app.config["DATA_DIR"]) + sightings.sweep_inbox(conn, app.config["DATA_DIR"])
+        sightings.purge(conn, app.config["DATA_DIR"], inbox_days=app.config["INBOX_RETENTION_DAYS"],
+                        history_days=app.config["HISTORY_RETENTION_DAYS"])
         missing = store.missing_files(conn, app.config["DATA_DIR"])
     finally:
         conn.close()

@@ -37,6 +37,32 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX photos_by_person ON photos(person_id);
     """,
+    """
+    CREATE TABLE unknown_faces (
+        id INTEGER PRIMARY KEY,
+        track_key TEXT NOT NULL UNIQUE,  -- <connection>:<track id>: one face per live track
+        file TEXT NOT NULL UNIQUE,       -- generated name under inbox/: the face crop, JPEG
+        box TEXT NOT NULL,               -- JSON [left, top, right, bottom] of the face in the crop
+        width INTEGER NOT NULL,          -- of the crop
+        height INTEGER NOT NULL,
+        embedding BLOB NOT NULL,         -- float32 [128]
+        features BLOB NOT NULL,          -- float32 backbone features
+        backbone TEXT NOT NULL,
+        seen_at TEXT NOT NULL            -- UTC, '%Y-%m-%dT%H:%M:%SZ'
+    );
+    CREATE INDEX unknown_faces_by_time ON unknown_faces(seen_at);
+    CREATE TABLE sightings (
+        id INTEGER PRIMARY KEY,
+        person_id INTEGER REFERENCES people(id) ON DELETE SET NULL,  -- NULL: unknown
+        name TEXT,                       -- the name when seen (kept after a rename or delete)
+        first_seen TEXT NOT NULL,        -- UTC, '%Y-%m-%dT%H:%M:%SZ'
+        last_seen TEXT NOT NULL,
+        frames INTEGER NOT NULL,
+        best_similarity REAL NOT NULL
+    );
+    CREATE INDEX sightings_by_time ON sightings(last_seen);
+    CREATE INDEX sightings_by_person ON sightings(person_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,6 +29,7 @@ from model.images import ImageError, decode_image
 from webapp.auth import logged_in
 from webapp.extensions import socketio
 from webapp.faces import FaceService, LiveStream, ModelNotReady
+from webapp.sightings import Archive, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,15 @@ class LiveFrames:
     :param service: the app's FaceService.
     :param server: the python-socketio Server of this app (to emit from the worker).
     :param max_bytes: larger frames are refused with an error event.
+    :param archive: where each connection's sightings and unknown faces are written (None: not kept).
+    :param unknown_frames: see webapp.sightings.Recorder.
     """
 
-    def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int):
+    def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int,
+                 archive: Archive | None = None, unknown_frames: int = 5):
         self.service = service
+        self.archive = archive
+        self.unknown_frames = unknown_frames
         self.server = server
         self.max_bytes = max_bytes
         self._slots: dict[str, tuple[int, bytes]] = {}
@@ -62,7 +68,10 @@ class LiveFrames:
     def connect(self, sid: str) -> None:
         with self._wake:
             self._sent[sid] = 0
-            self._streams[sid] = self.service.new_stream()
+            stream = self.service.new_stream()
+            if self.archive is not None:
+                stream.recorder = Recorder(self.unknown_frames)
+            self._streams[sid] = stream
             if self._worker is None:
                 self._worker = self.server.start_background_task(self._run)
 
@@ -70,7 +79,11 @@ class LiveFrames:
         with self._wake:
             self._sent.pop(sid, None)
             self._slots.pop(sid, None)
-            self._streams.pop(sid, None)
+            stream = self._streams.pop(sid, None)
+        if stream is not None and stream.recorder is not None:
+            # The worker may still be on this stream's last frame; it holds the live lock while recording.
+            with self.service._live_lock:
+                self._archive_safely(self.archive.finish, stream.recorder)
 
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
         """Count a received frame; keep it as the connection's newest, or say why not.
@@ -124,6 +137,17 @@ class LiveFrames:
             event, payload = self.answer(frame_id, data, stream)
             self.processed += 1
             self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
+            if stream is not None and stream.recorder is not None:
+                with self.service._live_lock:
+                    self._archive_safely(self.archive.after_frame, stream.recorder)
+
+    @staticmethod
+    def _archive_safely(write, recorder: Recorder) -> None:
+        """History and inbox writes must never stop the live worker."""
+        try:
+            write(recorder)
+        except Exception:
+            log.exception("could not write live sightings")
 
     def answer(self, frame_id: int, data: bytes, stream: LiveStream | None = None) -> tuple[str, dict]:
         """('faces', payload) for a frame, or ('error', {error, frame_id}).
@@ -187,4 +211,10 @@ def on_frame(data=None, *extra):
 
 def init_app(app: Flask, server: python_socketio.Server) -> None:
     """Give the app its live-frame state, bound to the Socket.IO server init_app just made."""
-    app.extensions["live"] = LiveFrames(app.extensions["faces"], server, app.config["MAX_FRAME_BYTES"])
+    service = app.extensions["faces"]
+    archive = Archive(
+        app.config["DATABASE"], app.config["DATA_DIR"], service.backbone,
+        inbox_days=app.config["INBOX_RETENTION_DAYS"], history_days=app.config["HISTORY_RETENTION_DAYS"],
+    )
+    app.extensions["live"] = LiveFrames(service, server, app.config["MAX_FRAME_BYTES"], archive,
+                                        app.config["LIVE_UNKNOWN_FRAMES"])

@@ -71,6 +71,8 @@ class LiveStream:
 
     tracker: FaceTracker
     gallery_version: int
+    # webapp.sightings.Recorder when the stream's sightings and unknown faces are kept (duck-typed: no import cycle).
+    recorder: object | None = None
 
 
 class FaceService:
@@ -251,7 +253,24 @@ class FaceService:
                 stream.tracker.reset()
                 stream.gallery_version = self.gallery_version
             tracked = stream.tracker.update(frame, self.gallery)
-        return [self._describe(t.face, t.match) for t in tracked]
+            faces = [self._describe(t.face, t.match) for t in tracked]
+            if stream.recorder is not None:
+                self._record(stream.recorder, frame, tracked, faces)
+        return faces
+
+    def _record(self, recorder, frame: NDArray[np.uint8], tracked: list, faces: list[dict]) -> None:
+        """Count the frame's tracks; a track unknown long enough is embedded once more (features kept) for the inbox.
+
+        Costs one batched features+embed call per track that turns out unknown, once per track. Under _live_lock.
+        """
+        due = set(recorder.observe([(t.track_id, face) for t, face in zip(tracked, faces)]))
+        chosen = [t for t in tracked if t.track_id in due]
+        if not chosen:
+            return
+        features = self.live_recognizer.features(frame, [t.face for t in chosen])
+        embeddings = self.live_recognizer.embed(features)
+        for track, feature, embedding in zip(chosen, features, embeddings):
+            recorder.capture(track.track_id, frame, [int(v) for v in track.face.box], feature, embedding)
 
     def _describe(self, face: Face, match: Match) -> dict:
         return {

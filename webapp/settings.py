@@ -86,6 +86,22 @@ SETTINGS: tuple[Setting, ...] = (
         "POST /api/recognize: detector upsampling",
     ),
     Setting(
+        "LIVE_UNKNOWN_FRAMES", "FACES_LIVE_UNKNOWN_FRAMES", 5, int,
+        "live: a track unknown for this many processed frames puts one face crop in the inbox",
+    ),
+    Setting(
+        "INBOX_RETENTION_DAYS", "FACES_INBOX_RETENTION_DAYS", 7.0, float,
+        "inbox: unknown faces older than this many days are deleted (rows and files)",
+    ),
+    Setting(
+        "HISTORY_RETENTION_DAYS", "FACES_HISTORY_RETENTION_DAYS", 30.0, float,
+        "history: sightings last seen longer ago than this many days are deleted",
+    ),
+    Setting(
+        "INBOX_CLUSTER_SLACK", "FACES_INBOX_CLUSTER_SLACK", 0.02, float,
+        "inbox: faces are grouped while their average similarity is at least the threshold minus this",
+    ),
+    Setting(
         "FRAME_TIMEOUT_MS", "FACES_FRAME_TIMEOUT_MS", 3000, int,
         "live page: send a new frame when no answer came by then",
     ),

@@ -246,7 +246,25 @@ def enroll(
     accepted = [candidate for candidate in candidates if candidate.accepted]
     if not accepted:
         return (None if person_id is None else get_person(db, person_id)), [(c, None) for c in candidates]
+    person, photo_ids = store_candidates(db, service, data_dir, accepted, person_id=person_id, name=name)
+    return person, [(candidate, photo_ids.get(id(candidate))) for candidate in candidates]
 
+
+def store_candidates(
+    db: sqlite3.Connection,
+    service: FaceService,
+    data_dir: Path,
+    accepted: list[Candidate],
+    *,
+    person_id: int | None = None,
+    name: str | None = None,
+) -> tuple[sqlite3.Row, dict[int, int]]:
+    """Write accepted candidates (photo, box, features, embedding) as photos of a person, in one transaction.
+
+    Give person_id for an existing person, or a clean name for a new one.
+    :return: (the person, {id(candidate): photo_id}).
+    :raises DuplicateName, NotFound.
+    """
     written: list[str] = []
     photo_ids: dict[int, int] = {}
     try:
@@ -277,7 +295,7 @@ def enroll(
     service.add_person(person_id, person["name"])
     for candidate in accepted:
         service.add_photo(photo_ids[id(candidate)], person_id, candidate.embedding)
-    return person, [(candidate, photo_ids.get(id(candidate))) for candidate in candidates]
+    return person, photo_ids
 
 
 def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:

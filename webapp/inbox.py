@@ -1,0 +1,105 @@
+"""The "Who is this?" inbox (faces the live page could not name, grouped) and the History page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+
+from webapp import sightings, store
+from webapp.db import get_db
+
+bp = Blueprint("inbox", __name__)
+
+
+def _service():
+    return current_app.extensions["faces"]
+
+
+def _face_ids() -> list[int]:
+    try:
+        ids = [int(value) for value in request.form.getlist("face")]
+    except ValueError:
+        abort(400, "face ids must be numbers")
+    if not ids:
+        abort(400, "no faces were chosen")
+    return ids
+
+
+@bp.get("/inbox")
+def inbox():
+    db = get_db()
+    service = _service()
+    threshold = service.recognizer.threshold - current_app.config["INBOX_CLUSTER_SLACK"]
+    groups = sightings.clusters(db, threshold, service.backbone)
+    return render_template("inbox/inbox.html", groups=groups, people=store.list_people(db),
+                           retention_days=current_app.config["INBOX_RETENTION_DAYS"])
+
+
+@bp.post("/inbox/name")
+def name():
+    try:
+        person, added = sightings.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
+                                                 name=request.form.get("name", ""))
+    except (store.InvalidName, store.DuplicateName, store.NotFound) as exc:
+        flash(f"Not added: {exc}.", "error")
+        return redirect(url_for("inbox.inbox"))
+    flash(f"{person['name']} was added with {added} photo(s).", "ok")
+    return redirect(url_for("inbox.inbox"))
+
+
+@bp.post("/inbox/add")
+def add():
+    try:
+        person_id = int(request.form.get("person_id", ""))
+    except ValueError:
+        flash("Not added: please choose a person.", "error")
+        return redirect(url_for("inbox.inbox"))
+    try:
+        person, added = sightings.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
+                                                 person_id=person_id)
+    except store.NotFound as exc:
+        flash(f"Not added: {exc}.", "error")
+        return redirect(url_for("inbox.inbox"))
+    flash(f"{added} photo(s) were added to {person['name']}.", "ok")
+    return redirect(url_for("inbox.inbox"))
+
+
+@bp.post("/inbox/dismiss")
+def dismiss():
+    removed = sightings.dismiss(get_db(), current_app.config["DATA_DIR"], _face_ids())
+    flash(f"{removed} face(s) were deleted.", "ok")
+    return redirect(url_for("inbox.inbox"))
+
+
+@bp.get("/inbox/faces/<int:face_id>.jpg")
+def face(face_id: int):
+    row = sightings.get_unknown(get_db(), face_id)
+    path = sightings.inbox_path(current_app.config["DATA_DIR"], row)
+    if not path.is_file():
+        abort(404, "the image file is missing")
+    return send_file(path, mimetype="image/jpeg", max_age=3600)
+
+
+@bp.get("/history")
+def history():
+    db = get_db()
+    args = request.args
+    person = args.get("person", "")
+    filters: dict = {}
+    if person == "unknown":
+        filters["unknown"] = True
+    elif person:
+        try:
+            filters["person_id"] = int(person)
+        except ValueError:
+            abort(400, "person must be a number or 'unknown'")
+    try:
+        if args.get("from"):
+            filters["since"] = sightings.day_bounds(args["from"], end=False)
+        if args.get("to"):
+            filters["until"] = sightings.day_bounds(args["to"], end=True)
+    except ValueError:
+        abort(400, "dates must be YYYY-MM-DD")
+    rows = sightings.history(db, **filters)
+    return render_template("inbox/history.html", rows=rows, people=store.list_people(db), person=person,
+                           day_from=args.get("from", ""), day_to=args.get("to", ""),
+                           retention_days=current_app.config["HISTORY_RETENTION_DAYS"], limit=sightings.HISTORY_LIMIT)
