@@ -82,7 +82,7 @@ class LiveFrames:
             stream = self._streams.pop(sid, None)
         if stream is not None and stream.recorder is not None:
             # The worker may still be on this stream's last frame; it holds the live lock while recording.
-            with self.service._live_lock:
+            with self.service.live_lock:
                 self._archive_safely(self.archive.finish, stream.recorder)
 
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
@@ -138,7 +138,7 @@ class LiveFrames:
             self.processed += 1
             self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
             if stream is not None and stream.recorder is not None:
-                with self.service._live_lock:
+                with self.service.live_lock:
                     self._archive_safely(self.archive.after_frame, stream.recorder)
 
     @staticmethod

@@ -258,6 +258,11 @@ class FaceService:
                 self._record(stream.recorder, frame, tracked, faces)
         return faces
 
+    @property
+    def live_lock(self) -> threading.Lock:
+        """Held while a live frame is processed; hold it to touch a stream's recorder from another thread."""
+        return self._live_lock
+
     def _record(self, recorder, frame: NDArray[np.uint8], tracked: list, faces: list[dict]) -> None:
         """Count the frame's tracks; a track unknown long enough is embedded once more (features kept) for the inbox.
 

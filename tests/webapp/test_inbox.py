@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from web_helpers import ENROLLED, STRANGER, enroll_json, webcam_frame
 
 from model.images import load_image
