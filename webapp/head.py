@@ -29,7 +29,7 @@ def reload_page():
         flash(
             f"Head reloaded: {summary['photos']} photo(s) re-embedded; "
             f"the match threshold is now {summary['threshold']:.3f}.",
-            "success",
+            "ok",
         )
     return redirect(url_for("people.people"))
 
