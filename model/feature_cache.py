@@ -10,7 +10,8 @@ Two sources give the same `FeatureSet`:
   also holds N augmented copies per photo (see `sampling.augment_photo`); they
   are the only way augmentation reaches a head trained on cached features.
 - `gallery_features(db)`: the app's SQLite database, read-only; its `photos`
-  table already stores each photo's backbone features.
+  table already stores each photo's backbone features. `gallery_corrections`
+  reads its "not this person" corrections, the trainer's extra hard negatives.
 
 `gallery_from_features` is the model-side half of the app's "reload head"
 action: a new head applied to stored features gives a new gallery, without
@@ -315,6 +316,33 @@ def gallery_features(db: Path, backbone: str = "dlib-resnet") -> FeatureSet:
     features = np.stack([decode_features(blob) for _, _, blob in rows])
     labels = np.array([label_of[name] for _, name, _ in rows], dtype=np.int64)
     return FeatureSet(features, labels, names, [f"photo:{pid}" for pid, _, _ in rows], backbone, source=str(db))
+
+
+def gallery_corrections(
+    db: Path, backbone: str, names: Sequence[str]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The app's "not this person" corrections, as hard negatives (read-only).
+
+    :param names: the FeatureSet's names (see `gallery_features`); corrections of people not in it are left out.
+    :return: (features float32 [C, D], labels int64 [C]: the index into `names` of the person each face is NOT).
+    A database from before corrections existed gives none.
+    """
+    label_of = {name: i for i, name in enumerate(names)}
+    with sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT people.name, corrections.features FROM corrections "
+                "JOIN people ON people.id = corrections.person_id "
+                "WHERE corrections.backbone = ? ORDER BY corrections.id",
+                (backbone,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # no corrections table yet
+            rows = []
+    rows = [(name, blob) for name, blob in rows if name in label_of]
+    if not rows:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    features = np.stack([decode_features(blob) for _, blob in rows])
+    return features, np.array([label_of[name] for name, _ in rows], dtype=np.int64)
 
 
 # --- live pick-up of a new head ---------------------------------------------------------

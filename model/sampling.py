@@ -90,6 +90,27 @@ def random_triplets(labels: NDArray[np.int64], n: int, *, rng: np.random.Generat
     return triplets
 
 
+def correction_triplets(
+    labels: NDArray[np.int64], correction_labels: NDArray[np.int64], n: int, *, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """n triplets against stored corrections: int64 [n, 3] (anchor row, positive row, correction index).
+
+    A correction is a face the app was told is NOT person `correction_labels[c]`; it is the
+    negative for two different photos of that person. Only corrections whose person has two
+    or more rows in `labels` are used; with none, the result is empty [0, 3].
+    """
+    labels = np.asarray(labels)
+    rows_of = {int(person): np.flatnonzero(labels == person) for person in np.unique(correction_labels)}
+    usable = np.array([c for c, person in enumerate(correction_labels) if len(rows_of[int(person)]) >= 2], dtype=np.int64)
+    if len(usable) == 0 or n <= 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    triplets = np.empty((n, 3), dtype=np.int64)
+    for t, c in enumerate(rng.choice(usable, size=n)):
+        triplets[t, :2] = rng.choice(rows_of[int(correction_labels[c])], size=2, replace=False)
+        triplets[t, 2] = c
+    return triplets
+
+
 def random_pairs(
     labels: NDArray[np.int64], n: int, *, rng: np.random.Generator, positive_fraction: float = 0.5
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:

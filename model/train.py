@@ -37,9 +37,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model import metrics
-from model.feature_cache import FeatureSet, dataset_features, gallery_features
+from model.feature_cache import FeatureSet, dataset_features, gallery_corrections, gallery_features
 from model.head import EMBEDDING_DIM, Head, head_path, save_head, sidecar_path
-from model.sampling import DEFAULT_K, DEFAULT_P, pk_batches, random_pairs, random_triplets, split_people
+from model.sampling import (
+    DEFAULT_K, DEFAULT_P, correction_triplets, pk_batches, random_pairs, random_triplets, split_people,
+)
 
 LOSSES = ("triplet", "contrastive", "arcface")
 MININGS = ("semi-hard", "random")
@@ -64,6 +66,8 @@ class TrainConfig:
     weight_decay: L2 penalty on the head kernel added to the loss, on its distance from the
     starting kernel (decay_to='init', "L2-SP", keeps a good start) or from zero ('zero', plain L2).
     patience: stop after this many epochs without a better validation score (None: run all).
+    corrections_per_batch: with corrections given to `train_head`, every step adds a triplet loss
+    (margin 0.2) on this many (anchor, positive, correction) triplets of corrected people.
     """
 
     loss: str = "triplet"
@@ -84,6 +88,7 @@ class TrainConfig:
     patience: int | None = None
     target_far: float = 1e-3
     seed: int = 0
+    corrections_per_batch: int = 16
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -255,12 +260,16 @@ def train_head(
     init: Head | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    corrections: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
 ) -> TrainResult:
     """Train a head on cached features and keep the epoch that verifies validation people best.
 
     :param train: training rows (augmented copies welcome). val: real photos of other people.
     :param init: starting head (default `initial_head`: identity for 128-D features).
     :param on_epoch: called with each epoch's history row (the notebook draws its loss curve with it).
+    :param corrections: (features [C, D], labels [C]) of faces that are NOT person labels[c]
+        (`feature_cache.gallery_corrections`): hard negatives for that person's anchors, mixed into
+        every step (see TrainConfig.corrections_per_batch). Those of people not in `train` are unused.
     :return: TrainResult; its head carries the threshold at config.target_far on `val` and an
         info dict for the sidecar. Cost: about 1-2 ms per step on 2 cores for 128-D features,
         plus a validation pass per epoch (about 0.1 s for 1500 photos).
@@ -305,6 +314,14 @@ def train_head(
         return ops.normalize(dense(x), axis=-1)
 
     def batch_loss(batch):
+        loss = main_loss(batch)
+        if "correction" in batch:  # "not this person" faces as negatives for that person's pairs
+            loss += losses.triplet_loss(
+                embed(batch["anchor"]), embed(batch["positive"]), embed(batch["correction"]), losses.TRIPLET_MARGIN
+            )
+        return loss
+
+    def main_loss(batch):
         if config.loss == "triplet" and config.mining == "semi-hard":
             return losses.semi_hard_triplet_loss(embed(batch["x"]), batch["y"], config.margin)
         if config.loss == "triplet":
@@ -332,8 +349,18 @@ def train_head(
             yield from pk_batches(pk_labels, p=config.p, k=config.k, rng=rng)
 
     stream = pk_stream()
+    correction_features, correction_labels = corrections if corrections is not None else (None, np.zeros(0))
+    use_corrections = len(correction_triplets(train.labels, correction_labels, 1, rng=np.random.default_rng(0))) > 0
 
     def next_batch() -> dict:
+        batch = main_batch()
+        if use_corrections:
+            t = correction_triplets(train.labels, correction_labels, config.corrections_per_batch, rng=rng)
+            batch.update(anchor=train.features[t[:, 0]], positive=train.features[t[:, 1]],
+                         correction=correction_features[t[:, 2]])
+        return batch
+
+    def main_batch() -> dict:
         if config.loss == "triplet" and config.mining == "random":
             t = random_triplets(train.labels, batch_size, rng=rng)
             return {"a": train.features[t[:, 0]], "p": train.features[t[:, 1]], "n": train.features[t[:, 2]]}
@@ -569,7 +596,8 @@ def main(argv: list[str] | None = None) -> dict:
         progress=not args.no_progress,
     )
     split = split_features(features, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
-    result = train_head(split.train, split.val, config, progress=not args.no_progress)
+    corrections = gallery_corrections(args.gallery, args.backbone, features.names) if args.gallery else None
+    result = train_head(split.train, split.val, config, progress=not args.no_progress, corrections=corrections)
     written, archived = save_trained_head(result.head, out)
 
     summary = {
@@ -581,6 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(result.seconds, 2),
         "threshold": result.head.threshold,
         "data": split.summary(),
+        "corrections": 0 if corrections is None else len(corrections[1]),
         "out": str(written),
         "archived": str(archived) if archived else None,
     }

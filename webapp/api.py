@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from flask import Blueprint, current_app, jsonify, request
@@ -103,3 +104,34 @@ def recognize():
     ms = (time.perf_counter() - started) * 1000
     height, width = frame.shape[:2]
     return jsonify(frame_id=0, width=width, height=height, faces=faces, ms=round(ms, 1))
+
+
+@bp.post("/corrections")
+def add_correction():
+    """"Not this person" from the live page: multipart image (the frame it sent), person_id, box (JSON).
+
+    The face in the image that overlaps box most is embedded and stored as a hard negative for that person.
+    """
+    db = get_db()
+    try:
+        person_id = int(request.form.get("person_id", ""))
+        box = [int(v) for v in json.loads(request.form.get("box", ""))]
+    except (TypeError, ValueError):
+        raise BadRequest('expected person_id (a number) and box (JSON [left, top, right, bottom])') from None
+    if len(box) != 4:
+        raise BadRequest("box must be [left, top, right, bottom]")
+    store.get_person(db, person_id)
+    upload = request.files.get("image")
+    if upload is None:
+        raise BadRequest("no file under the field 'image'")
+    try:
+        frame = decode_image(upload.read())
+    except ImageError as exc:
+        raise BadRequest(f"unreadable file: {exc}") from None
+    service = _service()
+    found = service.face_at(frame, box)
+    if found is None:
+        return jsonify(error="no face at that box"), 422
+    face_box, features, embedding = found
+    correction_id = store.add_correction(db, person_id, features, embedding, service.backbone)
+    return jsonify(correction_id=correction_id, person_id=person_id, box=face_box), 201

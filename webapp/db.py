@@ -63,6 +63,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX sightings_by_time ON sightings(last_seen);
     CREATE INDEX sightings_by_person ON sightings(person_id);
     """,
+    """
+    CREATE TABLE corrections (           -- "this face is NOT this person": hard negatives for the trainer
+        id INTEGER PRIMARY KEY,
+        photo_id INTEGER,                -- the removed photo it came from (row gone), or NULL
+        unknown_face_id INTEGER,         -- the inbox face it came from, or NULL (live corrections)
+        person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+        embedding BLOB NOT NULL,         -- float32 [128]
+        features BLOB NOT NULL,          -- float32 backbone features
+        backbone TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE INDEX corrections_by_person ON corrections(person_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -219,6 +219,25 @@ class FaceService:
             embedding = self.recognizer.embed(features)
         return Candidate(file, photo=photo, box=boxes[index], features=features[0], embedding=embedding[0])
 
+    def face_at(
+        self, frame: NDArray[np.uint8], box: list[int]
+    ) -> tuple[list[int], NDArray[np.float32], NDArray[np.float32]] | None:
+        """The face in a (live) frame that overlaps `box` [left, top, right, bottom] most, embedded.
+
+        Detects with the live settings, so the boxes match what the live page drew.
+        :return: (its box, features float32 [D], embedding float32 [128]), or None when no face overlaps.
+        """
+        self.wait_ready()
+        with self._model_lock:
+            faces = self.recognizer.find_faces(frame, upsample=self.live_upsample, max_side=self.live_max_side)
+            overlaps = [_overlap([int(v) for v in face.box], box) for face in faces]
+            if not overlaps or max(overlaps) <= 0:
+                return None
+            face = faces[int(np.argmax(overlaps))]
+            features = self.recognizer.features(frame, [face])
+            embedding = self.recognizer.embed(features)
+        return [int(v) for v in face.box], features[0], embedding[0]
+
     # --- recognition -------------------------------------------------------------
 
     def recognize(self, frame: NDArray[np.uint8], *, live: bool) -> list[dict]:
@@ -285,3 +304,14 @@ class FaceService:
             "similarity": round(match.similarity, 4),
             "margin": round(match.margin, 4),
         }
+
+
+def _overlap(a: list[int], b: list[int]) -> float:
+    """Intersection over union of two [left, top, right, bottom] boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area

@@ -6,7 +6,7 @@ the page's script needs travel as data attributes.
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, url_for
 
 from webapp.events import NAMESPACE
 
@@ -22,5 +22,6 @@ def live():
         "jpeg-quality": config["FRAME_JPEG_QUALITY"],
         "timeout-ms": config["FRAME_TIMEOUT_MS"],
         "max-frame-bytes": config["MAX_FRAME_BYTES"],
+        "corrections-url": url_for("api.add_correction"),
     }
     return render_template("live/live.html", client=client)

@@ -61,6 +61,13 @@ def delete_photo(photo_id: int):
     return redirect(url_for("people.person", person_id=photo["person_id"]))
 
 
+@bp.post("/photos/<int:photo_id>/not-this-person")
+def not_this_person(photo_id: int):
+    photo = store.not_this_person(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
+    flash("Noted: not this person. The photo was removed and kept as a correction for training.", "ok")
+    return redirect(url_for("people.person", person_id=photo["person_id"]))
+
+
 @bp.get("/photos/<int:photo_id>/thumb.jpg")
 def thumb(photo_id: int):
     return _send(photo_id, thumb=True)

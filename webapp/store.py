@@ -219,6 +219,40 @@ def delete_photo(db: sqlite3.Connection, service: FaceService, data_dir: Path, p
     return photo
 
 
+def add_correction(
+    db: sqlite3.Connection,
+    person_id: int,
+    features: NDArray[np.float32],
+    embedding: NDArray[np.float32],
+    backbone: str,
+    *,
+    photo_id: int | None = None,
+    unknown_face_id: int | None = None,
+) -> int:
+    """Store "this face is not person_id" (its backbone features and embedding); returns the correction id.
+
+    :raises NotFound: no such person.
+    """
+    with transaction(db):
+        get_person(db, person_id)
+        return db.execute(
+            "INSERT INTO corrections (photo_id, unknown_face_id, person_id, embedding, features, backbone) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (photo_id, unknown_face_id, person_id, to_blob(embedding), to_blob(features), backbone),
+        ).lastrowid
+
+
+def not_this_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, photo_id: int) -> sqlite3.Row:
+    """A photo wrongly filed under its person: keep it as a correction, then remove it (see delete_photo)."""
+    row = db.execute("SELECT person_id, embedding, features, backbone FROM photos WHERE id = ?", (photo_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no photo with id {photo_id}")
+    add_correction(
+        db, row["person_id"], from_blob(row["features"]), from_blob(row["embedding"]), row["backbone"], photo_id=photo_id
+    )
+    return delete_photo(db, service, data_dir, photo_id)
+
+
 def enroll(
     db: sqlite3.Connection,
     service: FaceService,

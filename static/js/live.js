@@ -73,6 +73,7 @@
           return;
         }
         frame.id = sentOnConnection++;
+        frame.blob = blob; // kept until answered, for "Not <name>"
         stats.sent += 1;
         socket.emit("frame", buffer);
         frame.timer = setTimeout(() => {
@@ -125,11 +126,12 @@
     if (answerTimes.length > 1) stats.fps = (answerTimes.length - 1) / ((now - answerTimes[0]) / 1000);
     stats.serverMs = answer.ms;
     stats.serverSumMs += answer.ms;
+    const blob = inFlight && inFlight.id === answer.frame_id ? inFlight.blob : null;
     settle(answer.frame_id);
     if (answer.frame_id > lastDrawnId) {
       lastDrawnId = answer.frame_id;
       draw(answer);
-      list(answer.faces);
+      if (!labels.matches(":hover")) list(answer.faces, blob); // held still while the pointer is on it, to click
     }
     showStats(answer);
   });
@@ -175,15 +177,41 @@
     }
   }
 
-  function list(faces) {
+  function list(faces, blob) {
     labels.replaceChildren(
       ...faces.map((face) => {
         const item = document.createElement("li");
         item.className = face.name === null ? "unknown" : "known";
         item.textContent = label(face);
+        if (face.person_id !== null && blob) {
+          const button = document.createElement("button");
+          button.type = "button";
+          button.className = "small";
+          button.textContent = `Not ${face.name}`;
+          button.addEventListener("click", () => notThisPerson(face, blob, button));
+          item.append(" ", button);
+        }
         return item;
       }),
     );
+  }
+
+  // "Not <name>": the frame that was answered, the face's box and the person go to /api/corrections,
+  // which keeps that face as a hard negative for the person's next training.
+  async function notThisPerson(face, blob, button) {
+    button.disabled = true;
+    const body = new FormData();
+    body.append("csrf_token", document.querySelector('input[name="csrf_token"]').value);
+    body.append("person_id", String(face.person_id));
+    body.append("box", JSON.stringify(face.box));
+    body.append("image", blob, "frame.jpg");
+    try {
+      const answer = await fetch(root.dataset.correctionsUrl, { method: "POST", body, headers: { Accept: "application/json" } });
+      const result = await answer.json();
+      setStatus(answer.ok ? `Noted: not ${face.name}.` : `Not noted: ${result.error}`);
+    } catch (error) {
+      setStatus(`Not noted: ${error.message}`);
+    }
   }
 
   function showStats(answer) {
