@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from model.images import ImageError, decode_image
+from model.quality import POSES
 from webapp import store
 from webapp.db import get_db
 from webapp.payloads import enrollment_json, person_json, photo_json, read_uploads
@@ -104,6 +105,37 @@ def recognize():
     ms = (time.perf_counter() - started) * 1000
     height, width = frame.shape[:2]
     return jsonify(frame_id=0, width=width, height=height, faces=faces, ms=round(ms, 1))
+
+
+@bp.post("/enroll/assess")
+def assess_preview():
+    """Guided enrollment: how good one preview frame (multipart `image`) is, and what to tell the user.
+
+    An optional form field `want` (a pose) adds a hint to turn that way.
+    """
+    upload = request.files.get("image")
+    if upload is None:
+        raise BadRequest("no file under the field 'image'")
+    want = request.form.get("want") or None
+    if want is not None and want not in POSES:
+        raise BadRequest(f"want must be one of {', '.join(POSES)}")
+    try:
+        frame = decode_image(upload.read())
+    except ImageError as exc:
+        raise BadRequest(f"unreadable file: {exc}") from None
+    result = _service().assess(frame, want=want)
+    return jsonify(
+        faces=result.faces,
+        pose=result.pose,
+        score=round(result.score, 3),
+        hints=result.hints,
+        checks=result.checks,
+        yaw=round(result.yaw, 3),
+        pitch=round(result.pitch, 3),
+        size=result.size,
+        sharpness=round(result.sharpness, 3),
+        brightness=round(result.brightness, 1),
+    )
 
 
 @bp.post("/corrections")

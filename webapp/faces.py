@@ -27,6 +27,7 @@ from model.images import ImageError, decode_image
 from model.detect import Face
 from model.gallery import Match
 from model.recognizer import EnrollmentRejected, Recognizer
+from model.quality import Assessment, assess
 from model.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,13 @@ class FaceService:
             features = self.recognizer.features(frame, [face])
             embedding = self.recognizer.embed(features)
         return [int(v) for v in face.box], features[0], embedding[0]
+
+    def assess(self, frame: NDArray[np.uint8], *, want: str | None = None) -> Assessment:
+        """Score a guided-enrollment preview frame (model.quality.assess); detects at upsample 0, about 30 ms."""
+        self.wait_ready()
+        with self._model_lock:
+            faces = self.recognizer.find_faces(frame, upsample=0)
+        return assess(frame, faces, want=want)
 
     # --- recognition -------------------------------------------------------------
 

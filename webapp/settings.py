@@ -55,6 +55,10 @@ SETTINGS: tuple[Setting, ...] = (
         "MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int,
         "enrollment photos: smallest face side accepted, in pixels",
     ),
+    Setting(
+        "GUIDED_POSES", "FACES_GUIDED_POSES", "front,left,right,up,down", str,
+        "add-person guided capture: the head poses it takes a shot of (front, left, right, up, down)",
+    ),
     Setting("MAX_UPLOAD_MB", "FACES_MAX_UPLOAD_MB", 50, float, "largest HTTP request (all photos of one upload)"),
     Setting(
         "FRAME_WIDTH", "FACES_FRAME_WIDTH", 640, int,

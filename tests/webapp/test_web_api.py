@@ -261,3 +261,30 @@ def test_a_failed_enrollment_leaves_no_files_rows_or_embeddings(app, client, pho
     assert client.get("/api/people").get_json()["people"] == []
     assert [p.name for p in app.config["DATA_DIR"].rglob("*") if p.is_file() and "jpg" in p.name] == []
     assert len(app.extensions["faces"].gallery) == 0 and app.extensions["faces"].names == {}
+
+
+def assess(client, name: str, data: bytes, **extra):
+    return client.post("/api/enroll/assess", data={"image": (io.BytesIO(data), name), **extra})
+
+
+def test_assess_scores_a_frontal_preview(client, photo):
+    answer = assess(client, *photo(STRANGER, 1))
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["faces"] == 1 and body["pose"] in ("front", "left", "right", "up", "down")
+    assert 0 <= body["score"] <= 1
+    assert set(body["checks"]) == {"one_face", "size", "sharp", "light"}
+    assert isinstance(body["hints"], list)
+
+
+def test_assess_names_the_problem(client, sample):
+    body = assess(client, *sample("no_face.jpg")).get_json()
+    assert body["faces"] == 0 and body["score"] == 0 and body["hints"]
+
+
+def test_assess_refuses_bad_input(client, sample):
+    assert client.post("/api/enroll/assess", data={}).status_code == 400
+    bad = assess(client, *sample("not_an_image.jpg"))
+    assert bad.status_code == 400 and "unreadable" in bad.get_json()["error"]
+    wrong = assess(client, *sample("single_person.jpg"), want="sideways")
+    assert wrong.status_code == 400 and "want" in wrong.get_json()["error"]
