@@ -119,10 +119,11 @@ def head_pose(landmarks: NDArray[np.float32]) -> tuple[float, float]:
 
 
 def pose_bin(yaw: float, pitch: float) -> str:
-    """One of POSES. "left"/"right" are the image's sides the nose points to; turning wins over nodding."""
-    if yaw <= -YAW_TURN:
-        return "left"
+    """One of POSES, from the person's point of view: turning to their left moves the nose to the
+    image's right (an unmirrored camera faces them). Turning wins over nodding."""
     if yaw >= YAW_TURN:
+        return "left"
+    if yaw <= -YAW_TURN:
         return "right"
     if pitch <= -PITCH_TURN:
         return "up"

@@ -47,8 +47,8 @@ def test_turned_landmarks_give_side_poses_and_hints(detector, portrait):
         landmarks[4] = landmarks[4] + [dx * width, dy * width]
         return assess(portrait, [type(face)(face.box, landmarks, face.score)], want="front")
 
-    assert with_nose(-0.5, 0).pose == "left"
-    assert with_nose(0.5, 0).pose == "right"
+    assert with_nose(0.5, 0).pose == "left"  # the person's left: the nose moves to the image's right
+    assert with_nose(-0.5, 0).pose == "right"
     assert with_nose(0, -0.5).pose == "up"
     assert with_nose(0, 0.5).pose == "down"
     assert "look straight at the camera" in with_nose(0.5, 0).hints
