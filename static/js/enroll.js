@@ -21,14 +21,29 @@
   const submitButton = byId("enroll-submit");
   const busy = byId("enroll-busy");
   const nameInput = form.querySelector("#name");
+  const guidedToggle = byId("guided-toggle");
+  const guided = byId("guided");
+  const guidedPoses = byId("guided-poses");
+  const guidedHints = byId("guided-hints");
 
   const SHOT_QUALITY = 0.92;
+  // Guided capture: a preview frame this wide goes to the server every GUIDED_EVERY_MS (one at a time),
+  // and a frame scoring at least GUIDED_GOOD in a pose still missing is taken as a photo.
+  const GUIDED_EVERY_MS = 300;
+  const PREVIEW_WIDTH = 640;
+  const PREVIEW_QUALITY = 0.7;
+  const GUIDED_GOOD = 0.5;
+  const POSES = guided.dataset.poses.split(",").map((pose) => pose.trim()).filter(Boolean);
   // On a person's page the photo grid is server-rendered: reload it after a clean upload.
   const onPersonPage = form.dataset.mode === "existing";
-  // Each item: {file, url, reason, faces: [[l, t, r, b]], size: [w, h], face: index or null}
+  // Each item: {file, url, reason, faces: [[l, t, r, b]], size: [w, h], face: index or null,
+  //             pose and label for guided shots}
   let pending = [];
   let stream = null;
   let shots = 0;
+  let guidedTimer = null;
+  let assessing = false;
+  const taken = new Set();
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -43,15 +58,19 @@
 
   // --- the list of photos to send ---------------------------------------------
 
-  function addFiles(files) {
+  function addFiles(files, pose = null, label = null) {
     for (const file of files) {
-      pending.push({ file, url: URL.createObjectURL(file), reason: null, faces: [], size: null, face: null });
+      pending.push({ file, url: URL.createObjectURL(file), reason: null, faces: [], size: null, face: null, pose, label });
     }
     renderPending();
   }
 
   function removeItem(item) {
     URL.revokeObjectURL(item.url);
+    if (item.pose) {
+      taken.delete(item.pose); // guided capture takes that pose again
+      renderPoses();
+    }
     pending = pending.filter((other) => other !== item);
     renderPending();
   }
@@ -108,6 +127,7 @@
           { class: "pending-item" + (picking ? " pick" : "") + (item.reason ? " rejected" : "") },
           el("div", { class: "frame" }, preview(item), ...faceButtons(item)),
           el("span", { class: "file", text: item.file.name }),
+          item.label ? el("span", { class: "status quality", text: item.label }) : null,
           status,
           remove,
         );
@@ -149,11 +169,14 @@
     video.hidden = false;
     cameraMessage.hidden = true;
     shotButton.disabled = false;
+    guidedToggle.disabled = false;
     startButton.hidden = true;
     stopButton.hidden = false;
   }
 
   function stopCamera() {
+    setGuided(false);
+    guidedToggle.disabled = true;
     if (stream) stream.getTracks().forEach((track) => track.stop());
     stream = null;
     video.srcObject = null;
@@ -165,25 +188,106 @@
     stopButton.hidden = true;
   }
 
+  function drawScaled(source, width, height, scale) {
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(width * scale);
+    canvas.height = Math.round(height * scale);
+    canvas.getContext("2d").drawImage(source, 0, 0, canvas.width, canvas.height);
+    return canvas;
+  }
+
+  function jpeg(canvas, quality) {
+    return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", quality));
+  }
+
+  async function addShot(canvas, pose = null, label = null) {
+    const blob = await jpeg(canvas, SHOT_QUALITY);
+    shots += 1;
+    const name = pose ? `webcam-${shots}-${pose}.jpg` : `webcam-${shots}.jpg`;
+    addFiles([new File([blob], name, { type: "image/jpeg" })], pose, label);
+  }
+
   function takePhoto() {
     if (!video.videoWidth) return;
-    const canvas = document.createElement("canvas");
-    canvas.width = video.videoWidth;
-    canvas.height = video.videoHeight;
-    canvas.getContext("2d").drawImage(video, 0, 0);
-    canvas.toBlob(
-      (blob) => {
-        shots += 1;
-        addFiles([new File([blob], `webcam-${shots}.jpg`, { type: "image/jpeg" })]);
-      },
-      "image/jpeg",
-      SHOT_QUALITY,
-    );
+    addShot(drawScaled(video, video.videoWidth, video.videoHeight, 1));
   }
 
   startButton.addEventListener("click", startCamera);
   stopButton.addEventListener("click", stopCamera);
   shotButton.addEventListener("click", takePhoto);
+
+  // --- guided capture -----------------------------------------------------------
+
+  function renderPoses() {
+    guidedPoses.replaceChildren(
+      ...POSES.map((pose) =>
+        el("li", { class: taken.has(pose) ? "done" : "", "data-pose": pose, text: (taken.has(pose) ? "✓ " : "") + pose }),
+      ),
+    );
+  }
+
+  function showHints(text, good) {
+    guidedHints.textContent = text;
+    guidedHints.classList.toggle("good", good);
+  }
+
+  function setGuided(on) {
+    guidedToggle.checked = on;
+    guided.hidden = !on;
+    clearInterval(guidedTimer);
+    guidedTimer = on ? setInterval(assessFrame, GUIDED_EVERY_MS) : null;
+    if (on) {
+      renderPoses();
+      showHints("Look at the camera.", false);
+    }
+  }
+
+  // One preview frame to the server; a good frame in a missing pose becomes a photo (the full-size frame).
+  async function assessFrame() {
+    const missing = POSES.filter((pose) => !taken.has(pose));
+    if (assessing || !video.videoWidth || !missing.length) return;
+    assessing = true;
+    try {
+      const full = drawScaled(video, video.videoWidth, video.videoHeight, 1);
+      const preview = drawScaled(full, full.width, full.height, Math.min(1, PREVIEW_WIDTH / full.width));
+      const body = new FormData();
+      body.append("image", await jpeg(preview, PREVIEW_QUALITY), "preview.jpg");
+      body.append("want", missing[0]);
+      const response = await fetch(guided.dataset.assessUrl, {
+        method: "POST",
+        body,
+        headers: { Accept: "application/json", "X-CSRFToken": form.elements.csrf_token.value },
+      });
+      const data = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
+      if (!guidedToggle.checked) return;
+      if (!response.ok) {
+        showHints(data.error || `the server answered ${response.status}`, false);
+        return;
+      }
+      const quality = `quality ${data.score.toFixed(2)}`;
+      if (data.score >= GUIDED_GOOD && missing.includes(data.pose)) {
+        taken.add(data.pose);
+        renderPoses();
+        await addShot(full, data.pose, `${data.pose} · ${quality}`);
+      }
+      const left = POSES.filter((pose) => !taken.has(pose));
+      if (!left.length) {
+        showHints("All poses taken: send the photos.", true);
+        setGuided(false);
+        guided.hidden = false;
+        return;
+      }
+      const seen = data.pose ? `${data.pose}, ${quality}` : quality;
+      const hints = data.hints.length ? data.hints : data.score < GUIDED_GOOD ? ["hold still"] : [`turn to the ${left[0]}`];
+      showHints(`${hints.join("; ")} (${seen}; still needed: ${left.join(", ")})`, false);
+    } catch (error) {
+      showHints(`The server did not answer: ${error.message}`, false);
+    } finally {
+      assessing = false;
+    }
+  }
+
+  guidedToggle.addEventListener("change", () => setGuided(guidedToggle.checked));
 
   // --- sending and showing outcomes ----------------------------------------------
 
