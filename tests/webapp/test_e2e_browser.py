@@ -15,9 +15,16 @@ import json
 from pathlib import Path
 
 import pytest
-from web_helpers import ENROLLED, STRANGER, TEST_PASSWORD, running_server, webcam_frame, write_y4m
+from web_helpers import (
+    ENROLLED,
+    STRANGER,
+    TEST_PASSWORD,
+    chromium_with_camera,
+    running_server,
+    webcam_frame,
+    write_y4m,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
 NAME = "Ada Lovelace"
 FPS = 5
 FRAMES_PER_PHOTO = 8  # each photo stays 1.6 s in view
@@ -60,25 +67,8 @@ def fake_camera(tmp_path_factory, celeba_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(fake_camera):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found; install Debian's chromium (scripts/setup.sh does with WITH_BROWSER=1)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={fake_camera}",
-                "--use-fake-ui-for-media-stream",
-            ],
-        )
+    with chromium_with_camera(fake_camera) as browser:
         yield browser
-        browser.close()
 
 
 def test_add_a_person_in_the_browser_then_see_them_named_live(

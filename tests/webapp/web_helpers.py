@@ -168,6 +168,35 @@ def write_y4m(path: Path, frames: list, fps: int) -> None:
             f.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def chromium_with_camera(camera: Path):
+    """Headless Chromium whose fake camera plays `camera` (a .y4m, looped); skips the test without Chromium."""
+    import pytest
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found; install Debian's chromium (scripts/setup.sh does with WITH_BROWSER=1)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={camera}",
+                "--use-fake-ui-for-media-stream",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
 def webcam_frame(portrait, size: tuple[int, int] = (640, 480), grey: int = 200):
     """A portrait (path or file object) in the middle of a plain frame, as an RGB uint8 array."""
     import numpy as np
