@@ -80,7 +80,7 @@ def write_zip(out: IO[bytes], db: sqlite3.Connection, data_dir: Path, people: li
         entries = []
         for person in people:
             photos = []
-            for row in _photo_rows(db, person["id"]):
+            for row in store.person_photos(db, person["id"], vectors=True):
                 photo = _photo_entry(row)
                 for key, thumb in (("photo", False), ("thumb", True)):
                     path = store.photo_path(data_dir, row, thumb=thumb)
@@ -101,14 +101,6 @@ def write_zip(out: IO[bytes], db: sqlite3.Connection, data_dir: Path, people: li
         archive.writestr(
             "people.json", json.dumps(document, indent=1, ensure_ascii=False), compress_type=zipfile.ZIP_DEFLATED
         )
-
-
-def _photo_rows(db: sqlite3.Connection, person_id: int) -> list[sqlite3.Row]:
-    return db.execute(
-        "SELECT id, person_id, file, box, width, height, backbone, created_at, embedding, features "
-        "FROM photos WHERE person_id = ? ORDER BY id",
-        (person_id,),
-    ).fetchall()
 
 
 def _photo_entry(row: sqlite3.Row) -> dict:

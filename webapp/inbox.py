@@ -36,14 +36,8 @@ def inbox():
 
 @bp.post("/inbox/name")
 def name():
-    try:
-        person, added = sightings.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
-                                                 name=request.form.get("name", ""))
-    except (store.InvalidName, store.DuplicateName, store.NotFound) as exc:
-        flash(f"Not added: {exc}.", "error")
-        return redirect(url_for("inbox.inbox"))
-    flash(f"{person['name']} was added with {added} photo(s).", "ok")
-    return redirect(url_for("inbox.inbox"))
+    return _enroll(lambda person, added: f"{person['name']} was added with {added} photo(s).",
+                   name=request.form.get("name", ""))
 
 
 @bp.post("/inbox/add")
@@ -53,13 +47,18 @@ def add():
     except ValueError:
         flash("Not added: please choose a person.", "error")
         return redirect(url_for("inbox.inbox"))
+    return _enroll(lambda person, added: f"{added} photo(s) were added to {person['name']}.", person_id=person_id)
+
+
+def _enroll(message, **target):
+    """Enroll the chosen inbox faces as a new person (name=) or an existing one (person_id=), then flash."""
     try:
         person, added = sightings.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
-                                                 person_id=person_id)
-    except store.NotFound as exc:
+                                                 **target)
+    except (store.InvalidName, store.DuplicateName, store.NotFound) as exc:
         flash(f"Not added: {exc}.", "error")
-        return redirect(url_for("inbox.inbox"))
-    flash(f"{added} photo(s) were added to {person['name']}.", "ok")
+    else:
+        flash(message(person, added), "ok")
     return redirect(url_for("inbox.inbox"))
 
 

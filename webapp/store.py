@@ -133,9 +133,11 @@ def get_person(db: sqlite3.Connection, person_id: int) -> sqlite3.Row:
     return row
 
 
-def person_photos(db: sqlite3.Connection, person_id: int) -> list[sqlite3.Row]:
+def person_photos(db: sqlite3.Connection, person_id: int, *, vectors: bool = False) -> list[sqlite3.Row]:
+    """A person's photo rows by id; vectors=True adds the embedding and features BLOBs (for export)."""
+    extra = ", embedding, features" if vectors else ""
     return db.execute(
-        "SELECT id, person_id, file, box, width, height, backbone, created_at FROM photos "
+        f"SELECT id, person_id, file, box, width, height, backbone, created_at{extra} FROM photos "
         "WHERE person_id = ? ORDER BY id",
         (person_id,),
     ).fetchall()
