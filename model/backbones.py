@@ -7,6 +7,7 @@ and batches in `embed()`.
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -50,6 +51,14 @@ class Backbone:
                 self._load()
                 self._loaded = True
         return self
+
+    def clone(self) -> "Backbone":
+        """The same network and settings as a new, unloaded object, for another thread
+        (dlib's network keeps per-call state and must not run on two threads at once)."""
+        twin = copy.copy(self)
+        twin._loaded = False
+        twin._lock = threading.Lock()
+        return twin
 
     def embed(self, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
         """Embed aligned chips.

@@ -65,6 +65,10 @@ class FaceDetector:
                 self._detector = dlib.get_frontal_face_detector()
         return self
 
+    def clone(self) -> "FaceDetector":
+        """A new, unloaded detector with the same files, for another thread (dlib's objects keep per-call state)."""
+        return FaceDetector(self.predictor_path)
+
     def detect(self, frame: NDArray[np.uint8], *, upsample: int = 0, max_side: int | None = None) -> list[Face]:
         """Find the frontal faces in a frame.
 
@@ -141,3 +145,14 @@ def face_nearest_centre(faces: list[Face], frame_shape: tuple[int, ...]) -> Face
         return float(np.linalg.norm(box_centre - centre))
 
     return min(faces, key=distance)
+
+
+def box_iou(a: NDArray, b: NDArray) -> float:
+    """Intersection over union of two [left, top, right, bottom] boxes."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = float(width * height)
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union

@@ -9,6 +9,7 @@ applied without re-reading photos).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,10 +30,18 @@ DEFAULT_MIN_FACE = 60
 
 @dataclass(frozen=True)
 class Recognition:
-    """A face found in a frame and who it is."""
+    """A face found in a frame and who it is: the one type a face has from detection to the answer.
+
+    track_id: the live track it belongs to (None outside a video stream).
+    features, embedding: float32 [D] and [128] the match was made from (for a
+    tracked face, those of the track's last embedding).
+    """
 
     face: Face
     match: Match
+    track_id: int | None = None
+    features: NDArray[np.float32] | None = None
+    embedding: NDArray[np.float32] | None = None
 
 
 class EnrollmentRejected(ValueError):
@@ -45,6 +54,7 @@ class Recognizer:
     :param backbone: a Backbone instance or name (default 'dlib-resnet').
     :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
     :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
+    :param weights_dir: folder of head files (default: model.paths.WEIGHTS_DIR).
     :param flip: also embed the mirrored chip and average (2x embedding cost; on CelebA
         TAR at FAR 1e-3 rises from 85.9% to 87.8%, so it is on by default).
     """
@@ -56,12 +66,14 @@ class Recognizer:
         detector: FaceDetector | None = None,
         threshold: float | None = None,
         flip: bool = True,
+        weights_dir: Path | None = None,
     ):
         self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
         self.detector = detector or FaceDetector()
         self.head = head
         self._threshold = threshold
         self.flip = flip
+        self.weights_dir = weights_dir  # where head files are read (None: model.paths.WEIGHTS_DIR)
 
     @property
     def threshold(self) -> float:
@@ -76,7 +88,7 @@ class Recognizer:
         self.detector.load()
         self.backbone.load()
         if self.head is None:
-            self.head = load_head(self.backbone.name, self.backbone.dim)
+            self.head = load_head(self.backbone.name, self.backbone.dim, weights_dir=self.weights_dir)
         return self
 
     def twin(self) -> "Recognizer":
@@ -84,11 +96,12 @@ class Recognizer:
         detector and network, for a second thread: dlib's objects keep per-call state and
         must not run on two threads at once. Not loaded yet (load() is lazy as ever)."""
         return Recognizer(
-            self.backbone.name,
+            self.backbone.clone(),
             head=self.head,
-            detector=FaceDetector(self.detector.predictor_path),
+            detector=self.detector.clone(),
             threshold=self._threshold,
             flip=self.flip,
+            weights_dir=self.weights_dir,
         )
 
     def set_head(self, head: Head) -> None:
@@ -131,8 +144,13 @@ class Recognizer:
         faces = self.find_faces(frame, upsample=upsample, max_side=max_side)
         if not faces:
             return []
-        matches = gallery.match(self.embed_faces(frame, faces), self.threshold)
-        return [Recognition(face, match) for face, match in zip(faces, matches)]
+        features = self.features(frame, faces)
+        embeddings = self.embed(features)
+        matches = gallery.match(embeddings, self.threshold)
+        return [
+            Recognition(face, match, features=feature, embedding=embedding)
+            for face, match, feature, embedding in zip(faces, matches, features, embeddings)
+        ]
 
     def enrollment_faces(
         self, photo: NDArray[np.uint8], *, min_face: int = DEFAULT_MIN_FACE, max_side: int = 1600

@@ -32,9 +32,9 @@ from numpy.typing import NDArray
 
 import cv2
 
-from model.detect import Face
+from model.detect import Face, box_iou
 from model.gallery import Gallery, Match
-from model.recognizer import Recognizer
+from model.recognizer import Recognition, Recognizer
 
 
 @dataclass
@@ -48,6 +48,9 @@ class Track:
     misses: int = 0
     decisions: deque = field(default_factory=lambda: deque(maxlen=3))
     looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
+    # The last embedding's backbone features and embedding, for callers that keep the face (the inbox).
+    features: NDArray[np.float32] | None = None
+    embedding: NDArray[np.float32] | None = None
 
     def label(self) -> Match | None:
         """The most common recent decision (ties go to the newest), or None before any."""
@@ -63,15 +66,6 @@ class Track:
     def settled(self) -> bool:
         """True when every remembered decision agrees and the memory is full."""
         return len(self.decisions) == self.decisions.maxlen and len({m.person_id for m in self.decisions}) == 1
-
-
-@dataclass(frozen=True)
-class TrackedFace:
-    """What the stream reports for one face in one frame."""
-
-    track_id: int
-    face: Face
-    match: Match
 
 
 APPEARANCE_SIDE = 24
@@ -96,17 +90,6 @@ def appearance(frame: NDArray[np.uint8], face: Face) -> NDArray[np.float32] | No
     small = small.ravel() - small.mean()
     norm = float(np.linalg.norm(small))
     return small / norm if norm > 0 else None
-
-
-def box_iou(a: NDArray, b: NDArray) -> float:
-    """Intersection over union of two [left, top, right, bottom] boxes."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = float(width * height)
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
-    return inter / union
 
 
 class FaceTracker:
@@ -152,8 +135,12 @@ class FaceTracker:
         self.frame_index = -1
         self._next_id = 0
 
-    def update(self, frame: NDArray[np.uint8], gallery: Gallery) -> list[TrackedFace]:
-        """Process the next frame of the stream (RGB uint8) and report every tracked face."""
+    def update(self, frame: NDArray[np.uint8], gallery: Gallery) -> list[Recognition]:
+        """Process the next frame of the stream (RGB uint8) and report every tracked face.
+
+        Each Recognition carries its track id, the voted match, and the features and
+        embedding of the track's last embedding (not necessarily this frame's).
+        """
         self.frame_index += 1
         if not self.tracks or self.frame_index % self.detect_every == 0:
             self._detect(frame)
@@ -163,7 +150,11 @@ class FaceTracker:
         for track in self.tracks:
             self._notice_change(track, looks[track.track_id])
         self._embed_due(frame, gallery, looks)
-        return [TrackedFace(t.track_id, t.face, t.label()) for t in self.tracks if t.decisions]
+        return [
+            Recognition(t.face, t.label(), track_id=t.track_id, features=t.features, embedding=t.embedding)
+            for t in self.tracks
+            if t.decisions
+        ]
 
     def reset(self) -> None:
         """Forget all tracks (e.g. after the gallery or head changed)."""
@@ -208,8 +199,11 @@ class FaceTracker:
         due = [t for t in self.tracks if self.frame_index - t.last_embedded >= self._embed_interval(t)]
         if not due:
             return
-        embeddings = self.recognizer.embed_faces(frame, [t.face for t in due])
-        for track, match in zip(due, gallery.match(embeddings, self.recognizer.threshold)):
+        features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
+        embeddings = self.recognizer.embed(features)
+        matches = gallery.match(embeddings, self.recognizer.threshold)
+        for track, feature, embedding, match in zip(due, features, embeddings, matches):
             track.decisions.append(match)
             track.last_embedded = self.frame_index
             track.looks = looks[track.track_id]
+            track.features, track.embedding = feature, embedding

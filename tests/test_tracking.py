@@ -7,7 +7,8 @@ import pytest
 
 from model.gallery import Gallery
 from model.images import load_image
-from model.tracking import FaceTracker, box_iou
+from model.detect import box_iou
+from model.tracking import FaceTracker
 
 
 def portrait(celeba_dir, person: str, index: int):
@@ -53,9 +54,12 @@ class CountingRecognizer:
         self.detections += 1
         return self._r.find_faces(frame, **kw)
 
-    def embed_faces(self, frame, faces):
+    def features(self, frame, faces):
         self.embedded_faces += len(faces)
-        return self._r.embed_faces(frame, faces)
+        return self._r.features(frame, faces)
+
+    def embed(self, features):
+        return self._r.embed(features)
 
 
 def test_one_face_is_followed_with_one_track_and_few_embeddings(recognizer, celeba_dir, gallery):

@@ -11,9 +11,9 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import auth, db, errors, events, security, settings, sightings, store
+from webapp import auth, db, errors, events, inbox_store, people_store, security, settings
 from webapp.extensions import socketio
-from webapp.faces import FaceService
+from webapp.service import FaceService
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def _face_service(app: Flask) -> FaceService:
     """The recognizer (given, or built from the settings) with the gallery loaded from the database."""
     recognizer = app.config.get("RECOGNIZER") or Recognizer(
-        backbone=app.config["BACKBONE"], threshold=app.config["THRESHOLD"]
+        backbone=app.config["BACKBONE"], threshold=app.config["THRESHOLD"], weights_dir=app.config.get("WEIGHTS_DIR")
     )
     service = FaceService(
         recognizer,
@@ -98,8 +98,8 @@ def _face_service(app: Flask) -> FaceService:
     )
     conn = db.connect(app.config["DATABASE"])
     try:
-        loaded = store.load_gallery(conn, service)
-        other = store.count_other_backbones(conn, service.backbone)
+        loaded = people_store.load_gallery(conn, service)
+        other = people_store.count_other_backbones(conn, service.backbone)
     finally:
         conn.close()
     log.info("gallery: %d photos of %d people", loaded, len(service.names))
@@ -118,10 +118,11 @@ def _sweep(app: Flask) -> None:
     """Remove files a crash left without rows and rows past their retention; report rows whose files are gone."""
     conn = db.connect(app.config["DATABASE"])
     try:
-        removed = store.sweep_orphans(conn, app.config["DATA_DIR"]) + sightings.sweep_inbox(conn, app.config["DATA_DIR"])
-        sightings.purge(conn, app.config["DATA_DIR"], inbox_days=app.config["INBOX_RETENTION_DAYS"],
-                        history_days=app.config["HISTORY_RETENTION_DAYS"])
-        missing = store.missing_files(conn, app.config["DATA_DIR"])
+        removed = people_store.sweep_orphans(conn, app.config["DATA_DIR"]) + inbox_store.sweep_inbox(
+            conn, app.config["DATA_DIR"])
+        inbox_store.purge(conn, app.config["DATA_DIR"], inbox_days=app.config["INBOX_RETENTION_DAYS"],
+                          history_days=app.config["HISTORY_RETENTION_DAYS"])
+        missing = people_store.missing_files(conn, app.config["DATA_DIR"])
     finally:
         conn.close()
     if removed:

@@ -10,9 +10,9 @@ from werkzeug.exceptions import BadRequest
 
 from model.images import ImageError, decode_image
 from model.quality import POSES
-from webapp import store
+from webapp import people_store
 from webapp.db import get_db
-from webapp.payloads import enrollment_json, person_json, photo_json, read_uploads
+from webapp.payloads import enrollment_json, face_json, faces_json, person_json, photo_json, read_uploads
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -43,32 +43,32 @@ def status():
 
 @bp.get("/people")
 def list_people():
-    return jsonify(people=[person_json(row) for row in store.list_people(get_db())])
+    return jsonify(people=[person_json(row) for row in people_store.list_people(get_db())])
 
 
 @bp.post("/people")
 def create_person():
-    row = store.create_person(get_db(), _service(), _json_body().get("name"))
+    row = people_store.create_person(get_db(), _service(), _json_body().get("name"))
     return jsonify(person_json(row)), 201
 
 
 @bp.get("/people/<int:person_id>")
 def get_person(person_id: int):
     db = get_db()
-    person = person_json(store.get_person(db, person_id))
-    person["photos"] = [photo_json(row) for row in store.person_photos(db, person_id)]
+    person = person_json(people_store.get_person(db, person_id))
+    person["photos"] = [photo_json(row) for row in people_store.person_photos(db, person_id)]
     return jsonify(person)
 
 
 @bp.patch("/people/<int:person_id>")
 def rename_person(person_id: int):
-    row = store.rename_person(get_db(), _service(), person_id, _json_body().get("name"))
+    row = people_store.rename_person(get_db(), _service(), person_id, _json_body().get("name"))
     return jsonify(person_json(row))
 
 
 @bp.delete("/people/<int:person_id>")
 def delete_person(person_id: int):
-    store.delete_person(get_db(), _service(), current_app.config["DATA_DIR"], person_id)
+    people_store.delete_person(get_db(), _service(), current_app.config["DATA_DIR"], person_id)
     return jsonify(deleted=person_id)
 
 
@@ -77,7 +77,7 @@ def add_photos(person_id: int):
     uploads = read_uploads()
     if not uploads:
         raise BadRequest("no files under the field 'photos'")
-    person, outcomes = store.enroll(
+    person, outcomes = people_store.enroll(
         get_db(), _service(), current_app.config["DATA_DIR"], uploads, person_id=person_id
     )
     result = enrollment_json(person, outcomes)
@@ -86,7 +86,7 @@ def add_photos(person_id: int):
 
 @bp.delete("/photos/<int:photo_id>")
 def delete_photo(photo_id: int):
-    store.delete_photo(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
+    people_store.delete_photo(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
     return jsonify(deleted=photo_id)
 
 
@@ -101,10 +101,9 @@ def recognize():
         frame = decode_image(upload.read())
     except ImageError as exc:
         raise BadRequest(f"unreadable file: {exc}") from None
-    faces = _service().recognize(frame, live=False)
-    ms = (time.perf_counter() - started) * 1000
-    height, width = frame.shape[:2]
-    return jsonify(frame_id=0, width=width, height=height, faces=faces, ms=round(ms, 1))
+    service = _service()
+    faces = [face_json(seen, service.names) for seen in service.recognize(frame, live=False)]
+    return jsonify(faces_json(0, frame.shape, faces, started))
 
 
 @bp.post("/enroll/assess")
@@ -152,7 +151,7 @@ def add_correction():
         raise BadRequest('expected person_id (a number) and box (JSON [left, top, right, bottom])') from None
     if len(box) != 4:
         raise BadRequest("box must be [left, top, right, bottom]")
-    store.get_person(db, person_id)
+    people_store.get_person(db, person_id)
     upload = request.files.get("image")
     if upload is None:
         raise BadRequest("no file under the field 'image'")
@@ -164,6 +163,5 @@ def add_correction():
     found = service.face_at(frame, box)
     if found is None:
         return jsonify(error="no face at that box"), 422
-    face_box, features, embedding = found
-    correction_id = store.add_correction(db, person_id, features, embedding, service.backbone)
-    return jsonify(correction_id=correction_id, person_id=person_id, box=face_box), 201
+    correction_id = people_store.add_correction(db, person_id, found.features, found.embedding, service.backbone)
+    return jsonify(correction_id=correction_id, person_id=person_id, box=[int(v) for v in found.face.box]), 201

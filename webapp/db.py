@@ -1,4 +1,4 @@
-"""SQLite: one connection per request (cached on g), the schema, and its migrations.
+"""SQLite: one connection per request (cached on g), the schema, its migrations, and the vector column codec.
 
 The schema version is SQLite's `PRAGMA user_version`. `migrate` runs every
 migration newer than the file's version, each in one transaction, when the app
@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from flask import Flask, current_app, g
+from numpy.typing import NDArray
 
 # Each entry turns version i into version i + 1. Append; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -78,6 +80,34 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """A request the stores refuse; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class InvalidName(StoreError):
+    status = 400
+
+
+class DuplicateName(StoreError):
+    status = 409
+
+
+class NotFound(StoreError):
+    status = 404
+
+
+def to_blob(vector: NDArray[np.float32]) -> bytes:
+    """A float32 vector as little-endian bytes for a BLOB column (embedding, features)."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> NDArray[np.float32]:
+    """The inverse of to_blob."""
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:

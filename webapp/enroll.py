@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, url_for
 
-from webapp import store
-from webapp.db import get_db
+from webapp import people_store
+from webapp.db import StoreError, get_db
 from webapp.errors import wants_json
 from webapp.payloads import enrollment_json, read_uploads
 
@@ -28,14 +28,14 @@ def add_person():
 def create():
     name = request.form.get("name", "")
     try:
-        name = store.clean_name(name)
+        name = people_store.clean_name(name)
         uploads = read_uploads()
         if not uploads:
-            raise store.StoreError(NO_PHOTOS)
-        person, outcomes = store.enroll(
+            raise StoreError(NO_PHOTOS)
+        person, outcomes = people_store.enroll(
             get_db(), current_app.extensions["faces"], current_app.config["DATA_DIR"], uploads, name=name
         )
-    except store.StoreError as exc:
+    except StoreError as exc:
         if wants_json():
             raise
         return render_template("enroll/add.html", name=name, result=None, error=str(exc)), exc.status
@@ -54,8 +54,8 @@ def create():
 def add_photos(person_id: int):
     uploads = read_uploads()
     if not uploads:
-        raise store.StoreError(NO_PHOTOS)
-    person, outcomes = store.enroll(
+        raise StoreError(NO_PHOTOS)
+    person, outcomes = people_store.enroll(
         get_db(), current_app.extensions["faces"], current_app.config["DATA_DIR"], uploads, person_id=person_id
     )
     result = enrollment_json(person, outcomes)

@@ -14,8 +14,8 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden, HTTPException
 
-from webapp.faces import ModelNotReady
-from webapp.store import StoreError
+from webapp.db import StoreError
+from webapp.service import ModelNotReady
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

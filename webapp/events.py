@@ -2,11 +2,10 @@
 
 Per connection there is one slot holding the newest frame not yet processed; a
 newer frame replaces it (the older one is dropped and its frame_id never
-answered). One worker thread takes the slots in turn, runs recognition and
-emits `faces` to that connection only. Each connection has its own face
-tracks (model.tracking.FaceTracker), so most frames skip detection and
-embedding and names are voted over the last few decisions. Handlers only validate and store, so a
-slow model never holds up the socket; nothing queues.
+answered). One worker thread takes the slots in turn, hands each frame to its
+connection's LiveStream (webapp.live_stream: decode, track, decide, record)
+and emits the answer to that connection only. Handlers only validate and
+store, so a slow model never holds up the socket; nothing queues.
 
 Contract: the client emits `frame` with JPEG bytes as a binary payload. The
 server emits `faces` {frame_id, width, height, faces: [{box, name, person_id,
@@ -25,11 +24,11 @@ import socketio as python_socketio
 from flask import Flask, current_app, request
 from flask_socketio import emit
 
-from model.images import ImageError, decode_image
 from webapp.auth import logged_in
 from webapp.extensions import socketio
-from webapp.faces import FaceService, LiveStream, ModelNotReady
-from webapp.sightings import Archive, Recorder
+from webapp.inbox_store import Archive
+from webapp.live_stream import LiveStream
+from webapp.service import FaceService
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class LiveFrames:
     :param server: the python-socketio Server of this app (to emit from the worker).
     :param max_bytes: larger frames are refused with an error event.
     :param archive: where each connection's sightings and unknown faces are written (None: not kept).
-    :param unknown_frames: see webapp.sightings.Recorder.
+    :param unknown_frames: see webapp.live_stream.Recorder.
     """
 
     def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int,
@@ -66,11 +65,10 @@ class LiveFrames:
         self.shed = 0  # bad frames not answered (flood)
 
     def connect(self, sid: str) -> None:
+        stream = LiveStream(self.service, self.archive, unknown_frames=self.unknown_frames,
+                            max_frame_bytes=self.max_bytes)
         with self._wake:
             self._sent[sid] = 0
-            stream = self.service.new_stream()
-            if self.archive is not None:
-                stream.recorder = Recorder(self.unknown_frames)
             self._streams[sid] = stream
             if self._worker is None:
                 self._worker = self.server.start_background_task(self._run)
@@ -80,10 +78,8 @@ class LiveFrames:
             self._sent.pop(sid, None)
             self._slots.pop(sid, None)
             stream = self._streams.pop(sid, None)
-        if stream is not None and stream.recorder is not None:
-            # The worker may still be on this stream's last frame; it holds the live lock while recording.
-            with self.service.live_lock:
-                self._archive_safely(self.archive.finish, stream.recorder)
+        if stream is not None:
+            stream.close()  # waits for the worker if it is still on this stream's last frame
 
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
         """Count a received frame; keep it as the connection's newest, or say why not.
@@ -134,44 +130,11 @@ class LiveFrames:
     def _run(self) -> None:
         while True:
             sid, frame_id, data, stream = self._take()
-            event, payload = self.answer(frame_id, data, stream)
+            if stream is None:  # the connection ended after sending it
+                continue
+            event, payload = stream.answer(frame_id, data)
             self.processed += 1
             self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
-            if stream is not None and stream.recorder is not None:
-                with self.service.live_lock:
-                    self._archive_safely(self.archive.after_frame, stream.recorder)
-
-    @staticmethod
-    def _archive_safely(write, recorder: Recorder) -> None:
-        """History and inbox writes must never stop the live worker."""
-        try:
-            write(recorder)
-        except Exception:
-            log.exception("could not write live sightings")
-
-    def answer(self, frame_id: int, data: bytes, stream: LiveStream | None = None) -> tuple[str, dict]:
-        """('faces', payload) for a frame, or ('error', {error, frame_id}).
-
-        With a stream, faces are tracked across that connection's frames;
-        without, the frame is recognised on its own.
-        """
-        started = time.perf_counter()
-        try:
-            frame = decode_image(data, max_bytes=self.max_bytes)
-            if stream is None:
-                faces = self.service.recognize(frame, live=True)
-            else:
-                faces = self.service.recognize_stream(stream, frame)
-        except ImageError as exc:
-            return "error", {"error": f"bad frame: {exc}", "frame_id": frame_id}
-        except ModelNotReady as exc:
-            return "error", {"error": str(exc), "frame_id": frame_id}
-        except Exception:  # the worker must survive anything one frame does
-            log.exception("live frame %d failed", frame_id)
-            return "error", {"error": "the server could not process this frame", "frame_id": frame_id}
-        height, width = frame.shape[:2]
-        ms = (time.perf_counter() - started) * 1000
-        return "faces", {"frame_id": frame_id, "width": width, "height": height, "faces": faces, "ms": round(ms, 1)}
 
 
 def _live() -> LiveFrames:

@@ -30,8 +30,8 @@ from typing import IO
 
 from flask import Blueprint, current_app, send_file
 
-from webapp import store
-from webapp.db import get_db
+from webapp import files, people_store
+from webapp.db import from_blob, get_db
 
 bp = Blueprint("export", __name__)
 
@@ -43,7 +43,7 @@ SPOOL_BYTES = 32 * 1024 * 1024  # zips up to this size stay in memory
 def person(person_id: int):
     db = get_db()
     with _snapshot(db):
-        people = [store.get_person(db, person_id)]
+        people = [people_store.get_person(db, person_id)]
         return _send(db, people, f"faces-person-{person_id}.zip")
 
 
@@ -51,7 +51,7 @@ def person(person_id: int):
 def gallery():
     db = get_db()
     with _snapshot(db):
-        people = store.list_people(db)
+        people = people_store.list_people(db)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         return _send(db, people, f"faces-gallery-{stamp}.zip")
 
@@ -75,15 +75,15 @@ def _send(db: sqlite3.Connection, people: list[sqlite3.Row], download_name: str)
 
 
 def write_zip(out: IO[bytes], db: sqlite3.Connection, data_dir: Path, people: list[sqlite3.Row], *, backbone: str) -> None:
-    """Write the export of these people (rows from store.list_people/get_person) to a binary file."""
+    """Write the export of these people (rows from people_store.list_people/get_person) to a binary file."""
     with zipfile.ZipFile(out, "w") as archive:
         entries = []
         for person in people:
             photos = []
-            for row in store.person_photos(db, person["id"], vectors=True):
+            for row in people_store.person_photos(db, person["id"], vectors=True):
                 photo = _photo_entry(row)
                 for key, thumb in (("photo", False), ("thumb", True)):
-                    path = store.photo_path(data_dir, row, thumb=thumb)
+                    path = people_store.photo_path(data_dir, row, thumb=thumb)
                     try:
                         archive.write(path, photo[key], compress_type=zipfile.ZIP_STORED)  # JPEG: already compressed
                     except FileNotFoundError:
@@ -106,13 +106,13 @@ def write_zip(out: IO[bytes], db: sqlite3.Connection, data_dir: Path, people: li
 def _photo_entry(row: sqlite3.Row) -> dict:
     return {
         "id": row["id"],
-        "photo": f"{store.PHOTOS_DIR}/{row['file']}",
-        "thumb": f"{store.THUMBS_DIR}/{row['file']}",
+        "photo": f"{files.PHOTOS_DIR}/{row['file']}",
+        "thumb": f"{files.THUMBS_DIR}/{row['file']}",
         "box": json.loads(row["box"]),
         "width": row["width"],
         "height": row["height"],
         "backbone": row["backbone"],
         "created_at": row["created_at"],
-        "embedding": store.from_blob(row["embedding"]).tolist(),
-        "features": store.from_blob(row["features"]).tolist(),
+        "embedding": from_blob(row["embedding"]).tolist(),
+        "features": from_blob(row["features"]).tolist(),
     }

@@ -9,14 +9,14 @@ from __future__ import annotations
 from flask import Blueprint, current_app, flash, jsonify, redirect, url_for
 
 from model.head import HeadUnavailable
-from webapp import store
+from webapp import people_store
 from webapp.db import get_db
 
 bp = Blueprint("head", __name__)
 
 
 def _reload() -> dict:
-    return store.reload_head(get_db(), current_app.extensions["faces"])
+    return people_store.reload_head(get_db(), current_app.extensions["faces"])
 
 
 @bp.post("/head/reload")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
-from webapp import sightings, store
-from webapp.db import get_db
+from webapp import inbox_store, people_store
+from webapp.db import DuplicateName, InvalidName, NotFound, get_db
 
 bp = Blueprint("inbox", __name__)
 
@@ -29,8 +29,8 @@ def inbox():
     db = get_db()
     service = _service()
     threshold = service.recognizer.threshold - current_app.config["INBOX_CLUSTER_SLACK"]
-    groups = sightings.clusters(db, threshold, service.backbone)
-    return render_template("inbox/inbox.html", groups=groups, people=store.list_people(db),
+    groups = inbox_store.clusters(db, threshold, service.backbone)
+    return render_template("inbox/inbox.html", groups=groups, people=people_store.list_people(db),
                            retention_days=current_app.config["INBOX_RETENTION_DAYS"])
 
 
@@ -53,9 +53,9 @@ def add():
 def _enroll(message, **target):
     """Enroll the chosen inbox faces as a new person (name=) or an existing one (person_id=), then flash."""
     try:
-        person, added = sightings.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
+        person, added = inbox_store.enroll_unknown(get_db(), _service(), current_app.config["DATA_DIR"], _face_ids(),
                                                  **target)
-    except (store.InvalidName, store.DuplicateName, store.NotFound) as exc:
+    except (InvalidName, DuplicateName, NotFound) as exc:
         flash(f"Not added: {exc}.", "error")
     else:
         flash(message(person, added), "ok")
@@ -64,15 +64,15 @@ def _enroll(message, **target):
 
 @bp.post("/inbox/dismiss")
 def dismiss():
-    removed = sightings.dismiss(get_db(), current_app.config["DATA_DIR"], _face_ids())
+    removed = inbox_store.dismiss(get_db(), current_app.config["DATA_DIR"], _face_ids())
     flash(f"{removed} face(s) were deleted.", "ok")
     return redirect(url_for("inbox.inbox"))
 
 
 @bp.get("/inbox/faces/<int:face_id>.jpg")
 def face(face_id: int):
-    row = sightings.get_unknown(get_db(), face_id)
-    path = sightings.inbox_path(current_app.config["DATA_DIR"], row)
+    row = inbox_store.get_unknown(get_db(), face_id)
+    path = inbox_store.inbox_path(current_app.config["DATA_DIR"], row)
     if not path.is_file():
         abort(404, "the image file is missing")
     return send_file(path, mimetype="image/jpeg", max_age=3600)
@@ -93,12 +93,12 @@ def history():
             abort(400, "person must be a number or 'unknown'")
     try:
         if args.get("from"):
-            filters["since"] = sightings.day_bounds(args["from"], end=False)
+            filters["since"] = inbox_store.day_bounds(args["from"], end=False)
         if args.get("to"):
-            filters["until"] = sightings.day_bounds(args["to"], end=True)
+            filters["until"] = inbox_store.day_bounds(args["to"], end=True)
     except ValueError:
         abort(400, "dates must be YYYY-MM-DD")
-    rows = sightings.history(db, **filters)
-    return render_template("inbox/history.html", rows=rows, people=store.list_people(db), person=person,
+    rows = inbox_store.history(db, **filters)
+    return render_template("inbox/history.html", rows=rows, people=people_store.list_people(db), person=person,
                            day_from=args.get("from", ""), day_to=args.get("to", ""),
-                           retention_days=current_app.config["HISTORY_RETENTION_DAYS"], limit=sightings.HISTORY_LIMIT)
+                           retention_days=current_app.config["HISTORY_RETENTION_DAYS"], limit=inbox_store.HISTORY_LIMIT)

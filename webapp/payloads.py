@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 import sqlite3
+from collections.abc import Mapping
 
 from flask import request, url_for
 from werkzeug.exceptions import BadRequest
 
-from webapp.faces import Candidate
-from webapp.store import Upload
+from model.recognizer import Recognition
+from webapp.people_store import Upload
+from webapp.service import Candidate
 
 PHOTOS_FIELD = "photos"
 # face_<i>: for the i-th file under `photos` (from 0), which of the faces listed
@@ -32,6 +35,25 @@ def read_uploads(field: str = PHOTOS_FIELD) -> list[Upload]:
         face_index = int(raw) if raw else None
         uploads.append(Upload(file=storage.filename or f"photo {i + 1}", data=storage.read(), face_index=face_index))
     return uploads
+
+
+def face_json(recognition: Recognition, names: Mapping[int, str]) -> dict:
+    """One entry of the `faces` answer (live event and /api/recognize): box, name, person_id, similarity, margin."""
+    match = recognition.match
+    return {
+        "box": [int(v) for v in recognition.face.box],
+        "name": None if match.person_id is None else names.get(match.person_id),
+        "person_id": match.person_id,
+        "similarity": round(float(match.similarity), 4),
+        "margin": round(float(match.margin), 4),
+    }
+
+
+def faces_json(frame_id: int, frame_shape: tuple[int, ...], faces: list[dict], started: float) -> dict:
+    """The whole `faces` answer for one frame; ms counts from `started` (time.perf_counter())."""
+    height, width = frame_shape[:2]
+    ms = (time.perf_counter() - started) * 1000
+    return {"frame_id": frame_id, "width": width, "height": height, "faces": faces, "ms": round(ms, 1)}
 
 
 def person_json(person: sqlite3.Row) -> dict:

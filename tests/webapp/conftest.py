@@ -8,21 +8,30 @@ from pathlib import Path
 import pytest
 from web_helpers import PROJECT_DIR, TEST_THRESHOLD, log_in, prepare_data_dir
 
+from fakes import fake_recognizer
 from model.recognizer import Recognizer
 from webapp import create_app
 
 
 @pytest.fixture(scope="session")
-def web_recognizer(recognizer) -> Recognizer:
-    """The session's loaded recognizer parts, with the pinned test threshold."""
+def dlib_recognizer(recognizer) -> Recognizer:
+    """The session's loaded dlib recognizer parts, with the pinned test threshold."""
     return Recognizer(
         backbone=recognizer.backbone, detector=recognizer.detector, head=recognizer.head, threshold=TEST_THRESHOLD
     )
 
 
 @pytest.fixture
+def web_recognizer(request) -> Recognizer:
+    """The recognizer of the test's app: the fakes (tests/fakes.py), or dlib's for tests marked `dlib`."""
+    if request.node.get_closest_marker("dlib"):
+        return request.getfixturevalue("dlib_recognizer")
+    return fake_recognizer(threshold=TEST_THRESHOLD)
+
+
+@pytest.fixture
 def app(tmp_path, web_recognizer):
-    """An app whose admin password is web_helpers.TEST_PASSWORD."""
+    """An app whose admin password is web_helpers.TEST_PASSWORD, on the fakes unless the test is marked `dlib`."""
     data_dir = prepare_data_dir(tmp_path / "data")
     app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": web_recognizer})
     app.extensions["faces"].wait_ready()

@@ -32,7 +32,7 @@ LIVE_TIMEOUT_MS = 30_000
 
 MEASURE_MS = 5000
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.dlib]  # a real server.py, so the real model
 
 
 def measure(page) -> dict:

@@ -11,7 +11,7 @@ from web_helpers import TEST_PASSWORD, chromium_with_camera, running_server, web
 FRONTAL = ("celeb_7204", 1)  # yaw about 0.04: a plain frontal portrait
 GUIDED_TIMEOUT_MS = 20_000
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.dlib]  # a real server.py, so the real model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from web_helpers import ENROLLED, STRANGER, enroll_json, log_in
 
-from webapp import create_app, store
+from webapp import create_app, people_store
+from webapp.db import from_blob
 from webapp.db import connect
 
 # What the data dir holds besides people's data.
@@ -40,7 +41,7 @@ def test_a_person_exports_as_a_zip_of_photos_thumbnails_and_data(app, client, tw
     answer = client.get(f"/people/{ada['id']}/export")
     assert f"faces-person-{ada['id']}.zip" in answer.headers["Content-Disposition"]
     archive, document = read_zip(answer)
-    assert document["format"] == 1 and document["backbone"] == "dlib-resnet"
+    assert document["format"] == 1 and document["backbone"] == app.extensions["faces"].backbone
     [person] = document["people"]
     assert (person["id"], person["name"]) == (ada["id"], "Ada Lovelace") and len(person["photos"]) == 3
     assert sorted(archive.namelist()) == sorted(
@@ -50,11 +51,11 @@ def test_a_person_exports_as_a_zip_of_photos_thumbnails_and_data(app, client, tw
     data_dir = app.config["DATA_DIR"]
     for entry in person["photos"]:
         row = db.execute("SELECT * FROM photos WHERE id = ?", (entry["id"],)).fetchone()
-        assert archive.read(entry["photo"]) == store.photo_path(data_dir, row).read_bytes()
-        assert archive.read(entry["thumb"]) == store.photo_path(data_dir, row, thumb=True).read_bytes()
+        assert archive.read(entry["photo"]) == people_store.photo_path(data_dir, row).read_bytes()
+        assert archive.read(entry["thumb"]) == people_store.photo_path(data_dir, row, thumb=True).read_bytes()
         embedding = np.asarray(entry["embedding"], dtype=np.float32)
-        assert embedding.shape == (128,) and np.array_equal(embedding, store.from_blob(row["embedding"]))
-        assert np.array_equal(np.asarray(entry["features"], dtype=np.float32), store.from_blob(row["features"]))
+        assert embedding.shape == (128,) and np.array_equal(embedding, from_blob(row["embedding"]))
+        assert np.array_equal(np.asarray(entry["features"], dtype=np.float32), from_blob(row["features"]))
         assert abs(np.linalg.norm(embedding) - 1) < 1e-4
         assert entry["box"] == json.loads(row["box"]) and (entry["width"], entry["height"]) == (250, 250)
         assert "missing" not in entry

@@ -47,6 +47,7 @@ def big_upload(celeba_dir: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.dlib  # a real server.py, so the real model
 def test_kill_9_during_a_large_enrollment_leaves_no_orphans(tmp_path, celeba_dir):
     data_dir = tmp_path / "data"
     process, url, log_path = start_server(data_dir)

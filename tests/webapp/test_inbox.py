@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import re
 import time
 from pathlib import Path
@@ -10,9 +12,10 @@ import numpy as np
 from web_helpers import ENROLLED, STRANGER, enroll_json, webcam_frame
 
 from model.images import load_image
-from webapp import create_app, sightings
+from webapp import create_app, files, inbox_store
 from webapp.db import connect
-from webapp.sightings import Archive, Recorder, Sighting, UnknownFace
+from webapp.inbox_store import Archive, Sighting, UnknownFace
+from webapp.live_stream import LiveStream
 
 DAY = 86400
 STRANGERS = ["celeb_7210", "celeb_7215"]  # never enrolled
@@ -39,7 +42,7 @@ def _seed(app, celeba_dir, people=STRANGERS, photos=3, seen_at=None) -> dict[str
             embedding = recognizer.embed(features)[0]
             unknown = UnknownFace(f"seed:{path.stem}", image, face.box.tolist(), features[0], embedding,
                                   time.time() if seen_at is None else seen_at)
-            ids.setdefault(person, []).append(sightings.save_unknown(conn, app.config["DATA_DIR"], unknown,
+            ids.setdefault(person, []).append(inbox_store.save_unknown(conn, app.config["DATA_DIR"], unknown,
                                                                      recognizer.backbone.name))
     conn.close()
     return ids
@@ -51,7 +54,7 @@ def _groups(html: str) -> list[list[int]]:
 
 
 def _inbox_files(app) -> list[str]:
-    folder = Path(app.config["DATA_DIR"]) / sightings.INBOX_DIR
+    folder = Path(app.config["DATA_DIR"]) / files.INBOX_DIR
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -61,29 +64,29 @@ def test_pages_need_a_login(anonymous):
     assert anonymous.post("/inbox/dismiss", data={"face": "1"}).status_code in (302, 400, 401)
 
 
+@pytest.mark.dlib
 def test_the_live_path_keeps_one_face_per_unknown_track_and_one_sighting_per_track(app, client, photo, celeba_dir):
     enroll_json(client, "Known", [photo(ENROLLED, i) for i in (1, 2, 3)])
     service = app.extensions["faces"]
-    stream = service.new_stream()
-    stream.recorder = recorder = Recorder(unknown_frames=3)
+    stream = LiveStream(service, _archive(app), unknown_frames=3)
     stranger = webcam_frame(celeba_dir / STRANGER / f"{STRANGER}_0001.jpg")
     known = webcam_frame(celeba_dir / ENROLLED / f"{ENROLLED}_0004.jpg")
-    for _ in range(6):
-        faces = service.recognize_stream(stream, stranger)
+    for index in range(6):
+        faces = stream.process(stranger)
         assert [f["person_id"] for f in faces] == [None]
-    assert len(recorder.faces) == 1  # captured once, at the third unknown frame
-    _archive(app).after_frame(recorder)  # writes the face at once
-    assert not recorder.faces
+        # captured once, at the third unknown frame, and written at once
+        assert len(_inbox_files(app)) == (1 if index >= 2 else 0)
+    assert not stream.recorder.faces
     unknown_reports = 6
     for _ in range(10):  # nobody: the stranger's track is followed until the next detection frame, then ends
-        faces = service.recognize_stream(stream, np.full_like(stranger, 200))
+        faces = stream.process(np.full_like(stranger, 200))
         if not faces:
             break
         unknown_reports += 1
     assert not faces
     for _ in range(4):
-        assert [f["name"] for f in service.recognize_stream(stream, known)] == ["Known"]
-    _archive(app).finish(recorder)
+        assert [f["name"] for f in stream.process(known)] == ["Known"]
+    stream.close()
 
     conn = _db(app)
     faces = conn.execute("SELECT * FROM unknown_faces").fetchall()
@@ -105,6 +108,7 @@ def test_the_live_path_keeps_one_face_per_unknown_track_and_one_sighting_per_tra
     assert client.get("/history?from=yesterday").status_code == 400
 
 
+@pytest.mark.dlib
 def test_name_a_group_as_a_new_person_add_one_to_them_and_dismiss_the_other(app, client, celeba_dir):
     ids = _seed(app, celeba_dir)
     page = client.get("/inbox").get_data(as_text=True)
@@ -127,7 +131,8 @@ def test_name_a_group_as_a_new_person_add_one_to_them_and_dismiss_the_other(app,
     assert next(p for p in client.get("/api/people").get_json()["people"] if p["id"] == alice["id"])["photo_count"] == 3
     # Alice is now recognised from her inbox photos.
     other = load_image(sorted((celeba_dir / STRANGERS[0]).glob("*.jpg"))[4])
-    assert [f["name"] for f in app.extensions["faces"].recognize(other, live=False)] == ["Alice"]
+    service = app.extensions["faces"]
+    assert [service.name_of(seen.match.person_id) for seen in service.recognize(other, live=False)] == ["Alice"]
 
     conn = _db(app)
     left = [r["id"] for r in conn.execute("SELECT id FROM unknown_faces")]
@@ -155,20 +160,20 @@ def test_retention_purge_deletes_old_rows_and_files(app, tmp_path, web_recognize
     old = _seed(app, celeba_dir, people=STRANGERS[:1], photos=2, seen_at=now - 8 * DAY)
     new = _seed(app, celeba_dir, people=STRANGERS[1:], photos=1, seen_at=now - 1 * DAY)
     conn = _db(app)
-    sightings.write_sightings(conn, [
+    inbox_store.write_sightings(conn, [
         Sighting(None, None, now - 40 * DAY, now - 31 * DAY, frames=5),
         Sighting(None, None, now - 2 * DAY, now - 2 * DAY, frames=7),
     ])
     assert len(_inbox_files(app)) == 3
 
-    assert sightings.purge(conn, app.config["DATA_DIR"], inbox_days=7, history_days=30) == (2, 1)
+    assert inbox_store.purge(conn, app.config["DATA_DIR"], inbox_days=7, history_days=30) == (2, 1)
     assert [r["id"] for r in conn.execute("SELECT id FROM unknown_faces")] == new[STRANGERS[1]]
     assert [r["frames"] for r in conn.execute("SELECT frames FROM sightings")] == [7]
     assert len(_inbox_files(app)) == 1
     assert not set(old[STRANGERS[0]]) & {r["id"] for r in conn.execute("SELECT id FROM unknown_faces")}
 
     # At start the app purges with its settings, and sweeps inbox files without rows.
-    (Path(app.config["DATA_DIR"]) / sightings.INBOX_DIR / "stray.jpg").write_bytes(b"x")
+    (Path(app.config["DATA_DIR"]) / files.INBOX_DIR / "stray.jpg").write_bytes(b"x")
     create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "SECRET_KEY": "test",
                 "RECOGNIZER": web_recognizer, "INBOX_RETENTION_DAYS": 0.5, "HISTORY_RETENTION_DAYS": 1})
     assert conn.execute("SELECT COUNT(*) FROM unknown_faces").fetchone()[0] == 0

@@ -6,23 +6,23 @@ import numpy as np
 import pytest
 from web_helpers import ENROLLED, STRANGER, files_field, prepare_data_dir
 
-from model import paths
 from model.head import Head, save_head
 from model.recognizer import Recognizer
 from webapp import create_app
 
 
+pytestmark = pytest.mark.dlib  # what a retrained head changes in the real model's decisions
+
+
 @pytest.fixture
-def weights_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "weights"
-    monkeypatch.setattr(paths, "WEIGHTS_DIR", folder)
-    return folder
+def weights_dir(tmp_path):
+    return tmp_path / "weights"
 
 
 @pytest.fixture
 def app(tmp_path, recognizer, weights_dir):
     """An app with its own Recognizer (a reload swaps its head) and no pinned threshold."""
-    own = Recognizer(backbone=recognizer.backbone, detector=recognizer.detector)
+    own = Recognizer(backbone=recognizer.backbone, detector=recognizer.detector, weights_dir=weights_dir)
     data_dir = prepare_data_dir(tmp_path / "data")
     app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": own})
     app.extensions["faces"].wait_ready()

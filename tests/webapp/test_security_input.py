@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from web_helpers import ENROLLED, enroll_json, files_field, log_in, prepare_data_dir
 
-from webapp import create_app, store
+from webapp import create_app, people_store
 
 HUGE_ID = 10**30  # beyond SQLite's INTEGER range
 
@@ -161,7 +161,7 @@ def test_odd_formats_are_accepted_upright(app, client, portrait):
     assert {o["file"]: o["reason"] for o in result["photos"]} == {name: None for name in images}
     for outcome in result["photos"]:
         assert (outcome["width"], outcome["height"]) == images[outcome["file"]][1], outcome["file"]
-        stored = Image.open(app.config["DATA_DIR"] / "photos" / store.get_photo(_db(app), outcome["photo_id"])["file"])
+        stored = Image.open(app.config["DATA_DIR"] / "photos" / people_store.get_photo(_db(app), outcome["photo_id"])["file"])
         assert stored.mode == "RGB" and stored.size == images[outcome["file"]][1]
     # The EXIF-rotated face was found at the left of the upright photo, where it was pasted.
     [rotated] = [o for o in result["photos"] if o["file"] == "exif-rotated.jpg"]

@@ -29,6 +29,7 @@ from webapp.events import MAX_ERROR_REPLIES_PER_S
 
 FLOOD = 2000
 ANSWER_TIMEOUT_S = 15
+pytestmark = pytest.mark.dlib  # a real server.py, so the real model
 # RSS may grow this much over a flood (allocator slack, socket buffers); a queue of 2,000 frames would be ~70 MB.
 RSS_SLACK_MB = 30
 

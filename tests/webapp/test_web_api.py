@@ -90,6 +90,7 @@ def test_errors_are_json_with_4xx(client):
         assert set(answer.get_json()) == {"error"}, (method, path)
 
 
+@pytest.mark.dlib
 def test_enrolled_person_is_recognised_and_a_stranger_is_not(client, photo, enrolled):
     assert enrolled["photo_count"] == 3 and len(enrolled["photos"]) == 3
 
@@ -106,6 +107,7 @@ def test_enrolled_person_is_recognised_and_a_stranger_is_not(client, photo, enro
     assert stranger["similarity"] < 0.9
 
 
+@pytest.mark.dlib
 def test_recognize_finds_every_face(client, sample, enrolled):
     faces = recognize(client, *sample("two_people.jpg")).get_json()["faces"]
     left, right = sorted(faces, key=lambda face: face["box"][0])
@@ -118,6 +120,7 @@ def test_recognize_refuses_unreadable_files(client, sample):
     assert answer.status_code == 400 and answer.get_json()["error"].startswith("unreadable file:")
 
 
+@pytest.mark.dlib
 def test_each_photo_gets_an_outcome(client, photo, sample):
     person = client.post("/api/people", json={"name": "Ada"}).get_json()
     files = [
@@ -146,6 +149,7 @@ def test_each_photo_gets_an_outcome(client, photo, sample):
     assert client.get(f"/api/people/{person['id']}").get_json()["photo_count"] == 3
 
 
+@pytest.mark.dlib
 def test_a_face_can_be_picked_from_a_group_photo(client, sample, photo):
     person = client.post("/api/people", json={"name": "Ada"}).get_json()
     first = add_photos(client, person["id"], [sample("two_people.jpg")]).get_json()["photos"][0]
@@ -232,9 +236,9 @@ def test_cross_site_changes_are_refused(client):
     assert client.get("/api/people", headers={"Origin": "http://evil.example"}).status_code == 200
 
 
-def test_status_reports_the_model(client, enrolled):
+def test_status_reports_the_model(app, client, enrolled):
     status = client.get("/api/status").get_json()
-    assert status["model"] == "ready" and status["backbone"] == "dlib-resnet"
+    assert status["model"] == "ready" and status["backbone"] == app.extensions["faces"].backbone
     assert status["people"] == 1 and status["photos"] == 3
 
 
@@ -244,9 +248,9 @@ def test_enroll_json_helper_matches_the_api(client, photo):
 
 
 def test_a_failed_enrollment_leaves_no_files_rows_or_embeddings(app, client, photo, monkeypatch):
-    from webapp import store
+    from webapp import people_store
 
-    real_to_blob = store.to_blob
+    real_to_blob = people_store.to_blob
     calls = []
 
     def to_blob(vector):
@@ -255,7 +259,7 @@ def test_a_failed_enrollment_leaves_no_files_rows_or_embeddings(app, client, pho
             raise OSError("disk full")
         return real_to_blob(vector)
 
-    monkeypatch.setattr(store, "to_blob", to_blob)
+    monkeypatch.setattr(people_store, "to_blob", to_blob)
     with pytest.raises(OSError, match="disk full"):
         enroll_json(client, "Ada", [photo(ENROLLED, i) for i in (1, 2, 3)])
     assert client.get("/api/people").get_json()["people"] == []
@@ -277,6 +281,7 @@ def test_assess_scores_a_frontal_preview(client, photo):
     assert isinstance(body["hints"], list)
 
 
+@pytest.mark.dlib
 def test_assess_names_the_problem(client, sample):
     body = assess(client, *sample("no_face.jpg")).get_json()
     assert body["faces"] == 0 and body["score"] == 0 and body["hints"]

@@ -33,6 +33,7 @@ def test_add_person_page_has_name_camera_and_files(client):
     assert 'enctype="multipart/form-data"' in html and "/static/js/enroll.js" in html
 
 
+@pytest.mark.dlib
 def test_add_person_from_the_page_script(client, photo, sample):
     files = [photo(ENROLLED, 1), photo(ENROLLED, 2), sample("no_face.jpg")]
     answer = enroll_json(client, "Ada Lovelace", files)
@@ -44,6 +45,7 @@ def test_add_person_from_the_page_script(client, photo, sample):
     assert result["person"]["add_photos_url"] == f"/people/{result['person']['id']}/photos"
 
 
+@pytest.mark.dlib
 def test_nobody_is_created_without_an_accepted_photo(client, sample):
     answer = enroll_json(client, "Nobody", [sample("no_face.jpg"), sample("not_an_image.jpg")])
     assert answer.status_code == 422
@@ -53,6 +55,7 @@ def test_nobody_is_created_without_an_accepted_photo(client, sample):
     assert client.get("/api/people").get_json()["people"] == []
 
 
+@pytest.mark.dlib
 def test_a_group_photo_alone_creates_nobody_until_a_face_is_picked(client, sample):
     first = enroll_json(client, "Ada", [sample("two_people.jpg")])
     assert first.status_code == 422 and first.get_json()["photos"][0]["reason"] == "several faces (2)"
@@ -70,6 +73,7 @@ def test_add_person_refuses_bad_input(client, photo):
     assert duplicate.status_code == 409 and "already a person called Ada" in duplicate.get_json()["error"]
 
 
+@pytest.mark.dlib
 def test_add_person_without_javascript(client, photo, sample):
     """A plain form post (no Accept: JSON) redirects to the new person's page with messages."""
     data = {"name": "Ada", **files_field([photo(ENROLLED, 1), sample("no_face.jpg")])}

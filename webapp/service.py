@@ -1,13 +1,13 @@
-"""The recognizer, the gallery and people's names, shared by every request and the live worker.
+"""FaceService: the recognizer, the gallery and people's names, shared by every request and the live streams.
 
-`FaceService` is created in `create_app` and kept in `app.extensions["faces"]`.
-It loads the model on a background thread so the server answers at once;
-callers that need the model wait for it (`ModelNotReady` after a timeout or a
-failed load). dlib's detector and network keep per-call scratch state and must
-not run on two threads at once, so enrollment and /api/recognize share one
-recognizer behind one lock, and the live worker has its own twin (same head,
-own dlib objects) behind another: an enrollment and a live frame use the two
-cores at once instead of the live video stalling.
+It is created in `create_app` and kept in `app.extensions["faces"]`. It loads
+the model on a background thread so the server answers at once; callers that
+need the model wait for it (`ModelNotReady` after a timeout or a failed load).
+dlib's detector and network keep per-call scratch state and must not run on
+two threads at once, so enrollment and /api/recognize share one recognizer
+behind one lock, and live streams share a twin (same head, own dlib objects)
+behind another: an enrollment and a live frame use the two cores at once
+instead of the live video stalling. Both locks are taken only in here.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.backbones import BackboneUnavailable
+from model.detect import box_iou
 from model.gallery import Gallery
 from model.head import Head, HeadUnavailable
 from model.images import ImageError, decode_image
-from model.detect import Face
-from model.gallery import Match
-from model.recognizer import EnrollmentRejected, Recognizer
 from model.quality import Assessment, assess
+from model.recognizer import EnrollmentRejected, Recognition, Recognizer
 from model.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -64,16 +63,6 @@ class Candidate:
     def size(self) -> tuple[int, int] | None:
         """(width, height) of the decoded photo, when it decoded."""
         return None if self.photo is None else (int(self.photo.shape[1]), int(self.photo.shape[0]))
-
-
-@dataclass
-class LiveStream:
-    """One live connection's face tracks, and the gallery version its labels were voted against."""
-
-    tracker: FaceTracker
-    gallery_version: int
-    # webapp.sightings.Recorder when the stream's sightings and unknown faces are kept (duck-typed: no import cycle).
-    recorder: object | None = None
 
 
 class FaceService:
@@ -220,24 +209,23 @@ class FaceService:
             embedding = self.recognizer.embed(features)
         return Candidate(file, photo=photo, box=boxes[index], features=features[0], embedding=embedding[0])
 
-    def face_at(
-        self, frame: NDArray[np.uint8], box: list[int]
-    ) -> tuple[list[int], NDArray[np.float32], NDArray[np.float32]] | None:
-        """The face in a (live) frame that overlaps `box` [left, top, right, bottom] most, embedded.
+    def face_at(self, frame: NDArray[np.uint8], box: list[int]) -> Recognition | None:
+        """The face in a (live) frame that overlaps `box` [left, top, right, bottom] most, embedded and matched.
 
         Detects with the live settings, so the boxes match what the live page drew.
-        :return: (its box, features float32 [D], embedding float32 [128]), or None when no face overlaps.
+        :return: None when no face overlaps the box.
         """
         self.wait_ready()
         with self._model_lock:
             faces = self.recognizer.find_faces(frame, upsample=self.live_upsample, max_side=self.live_max_side)
-            overlaps = [_overlap([int(v) for v in face.box], box) for face in faces]
+            overlaps = [box_iou(face.box, box) for face in faces]
             if not overlaps or max(overlaps) <= 0:
                 return None
             face = faces[int(np.argmax(overlaps))]
             features = self.recognizer.features(frame, [face])
             embedding = self.recognizer.embed(features)
-        return [int(v) for v in face.box], features[0], embedding[0]
+        match = self.gallery.match(embedding, self.recognizer.threshold)[0]
+        return Recognition(face, match, features=features[0], embedding=embedding[0])
 
     def assess(self, frame: NDArray[np.uint8], *, want: str | None = None) -> Assessment:
         """Score a guided-enrollment preview frame (model.quality.assess); detects at upsample 0, about 30 ms."""
@@ -248,8 +236,8 @@ class FaceService:
 
     # --- recognition -------------------------------------------------------------
 
-    def recognize(self, frame: NDArray[np.uint8], *, live: bool) -> list[dict]:
-        """Everyone in a frame as `faces` entries (box, name, person_id, similarity, margin).
+    def recognize(self, frame: NDArray[np.uint8], *, live: bool) -> list[Recognition]:
+        """Everyone in one frame, recognised on its own (no tracking).
 
         live=True uses the live settings (downscaled detection, no upsampling);
         live=False the settings for uploaded images.
@@ -258,68 +246,23 @@ class FaceService:
         upsample = self.live_upsample if live else self.recognize_upsample
         max_side = self.live_max_side if live else None
         with self._model_lock:
-            recognitions = self.recognizer.recognize_frame(frame, self.gallery, upsample=upsample, max_side=max_side)
-        return [self._describe(r.face, r.match) for r in recognitions]
+            return self.recognizer.recognize_frame(frame, self.gallery, upsample=upsample, max_side=max_side)
 
-    def new_stream(self) -> LiveStream:
-        """Per-connection state for a live video: tracks faces so most frames skip detection and embedding."""
-        tracker = FaceTracker(
+    def new_tracker(self) -> FaceTracker:
+        """Face tracks for one live stream, on the live twin: most frames then skip detection and embedding."""
+        return FaceTracker(
             self.live_recognizer,
             detect_every=self.live_detect_every,
             reembed_every=self.live_reembed_every,
             max_side=self.live_max_side,
             upsample=self.live_upsample,
         )
-        return LiveStream(tracker, self.gallery_version)
 
-    def recognize_stream(self, stream: LiveStream, frame: NDArray[np.uint8]) -> list[dict]:
-        """The next frame of a live stream, as `faces` entries (see `recognize`)."""
+    def track(self, tracker: FaceTracker, frame: NDArray[np.uint8]) -> list[Recognition]:
+        """The next frame of a live stream through its tracker (see `new_tracker`), on the live twin."""
         self.wait_ready()
         with self._live_lock:
-            if stream.gallery_version != self.gallery_version:
-                stream.tracker.reset()
-                stream.gallery_version = self.gallery_version
-            tracked = stream.tracker.update(frame, self.gallery)
-            faces = [self._describe(t.face, t.match) for t in tracked]
-            if stream.recorder is not None:
-                self._record(stream.recorder, frame, tracked, faces)
-        return faces
+            return tracker.update(frame, self.gallery)
 
-    @property
-    def live_lock(self) -> threading.Lock:
-        """Held while a live frame is processed; hold it to touch a stream's recorder from another thread."""
-        return self._live_lock
-
-    def _record(self, recorder, frame: NDArray[np.uint8], tracked: list, faces: list[dict]) -> None:
-        """Count the frame's tracks; a track unknown long enough is embedded once more (features kept) for the inbox.
-
-        Costs one batched features+embed call per track that turns out unknown, once per track. Under _live_lock.
-        """
-        due = set(recorder.observe([(t.track_id, face) for t, face in zip(tracked, faces)]))
-        chosen = [t for t in tracked if t.track_id in due]
-        if not chosen:
-            return
-        features = self.live_recognizer.features(frame, [t.face for t in chosen])
-        embeddings = self.live_recognizer.embed(features)
-        for track, feature, embedding in zip(chosen, features, embeddings):
-            recorder.capture(track.track_id, frame, [int(v) for v in track.face.box], feature, embedding)
-
-    def _describe(self, face: Face, match: Match) -> dict:
-        return {
-            "box": [int(v) for v in face.box],
-            "name": self.names.get(match.person_id) if match.person_id is not None else None,
-            "person_id": match.person_id,
-            "similarity": round(match.similarity, 4),
-            "margin": round(match.margin, 4),
-        }
-
-
-def _overlap(a: list[int], b: list[int]) -> float:
-    """Intersection over union of two [left, top, right, bottom] boxes."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area
+    def name_of(self, person_id: int | None) -> str | None:
+        return None if person_id is None else self.names.get(person_id)

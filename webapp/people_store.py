@@ -1,4 +1,4 @@
-"""People and photos: database rows, image files and the gallery, kept in step.
+"""People, their photos and corrections: database rows, image files and the gallery in memory, kept in step.
 
 Every change goes database first (one transaction), then files, then the
 in-memory gallery. A person's name is data only: files get generated names.
@@ -6,23 +6,21 @@ in-memory gallery. A person's name is data only: files get generated names.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import sqlite3
 import unicodedata
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
-from model.feature_cache import reload_head as build_reloaded_head
-from webapp.db import flush_deleted, transaction
-from webapp.faces import Candidate, FaceService
+from model.gallery import Gallery
+from model.head import load_head
+from webapp import files
+from webapp.db import DuplicateName, InvalidName, NotFound, flush_deleted, from_blob, to_blob, transaction
+from webapp.service import Candidate, FaceService
 
 MAX_NAME_LENGTH = 100
 PHOTO_JPEG_QUALITY = 92
@@ -30,27 +28,7 @@ THUMB_SIDE = 160
 THUMB_JPEG_QUALITY = 85
 # The thumbnail shows the face box grown by this fraction on each side.
 THUMB_MARGIN = 0.3
-PHOTOS_DIR = "photos"
-THUMBS_DIR = "thumbs"
-TMP_SUFFIX = ".tmp"  # files being written are named .<name>.tmp, then renamed
-
-
-class StoreError(Exception):
-    """A request the store refuses; `status` is the HTTP status to answer with."""
-
-    status = 400
-
-
-class InvalidName(StoreError):
-    status = 400
-
-
-class DuplicateName(StoreError):
-    status = 409
-
-
-class NotFound(StoreError):
-    status = 404
+PHOTO_FOLDERS = (files.PHOTOS_DIR, files.THUMBS_DIR)
 
 
 @dataclass(frozen=True)
@@ -60,19 +38,6 @@ class Upload:
     file: str
     data: bytes
     face_index: int | None = None
-
-
-# --- float32 BLOBs -----------------------------------------------------------------
-
-
-def to_blob(vector: NDArray[np.float32]) -> bytes:
-    """A float32 vector as little-endian bytes for a BLOB column."""
-    return np.asarray(vector, dtype="<f4").tobytes()
-
-
-def from_blob(blob: bytes) -> NDArray[np.float32]:
-    """The inverse of to_blob."""
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
 # --- names -------------------------------------------------------------------------
@@ -97,7 +62,8 @@ def clean_name(raw: object) -> str:
     return name
 
 
-def _check_free(db: sqlite3.Connection, name: str, except_id: int | None = None) -> None:
+def check_name_free(db: sqlite3.Connection, name: str, except_id: int | None = None) -> None:
+    """:raises DuplicateName: someone else has this name (case-insensitive)."""
     row = db.execute("SELECT id, name FROM people WHERE name = ?", (name,)).fetchone()
     if row is not None and row["id"] != except_id:
         raise DuplicateName(f"there is already a person called {row['name']}")
@@ -154,7 +120,7 @@ def get_photo(db: sqlite3.Connection, photo_id: int) -> sqlite3.Row:
 
 
 def photo_path(data_dir: Path, photo: sqlite3.Row, *, thumb: bool = False) -> Path:
-    return Path(data_dir) / (THUMBS_DIR if thumb else PHOTOS_DIR) / photo["file"]
+    return Path(data_dir) / (files.THUMBS_DIR if thumb else files.PHOTOS_DIR) / photo["file"]
 
 
 def load_gallery(db: sqlite3.Connection, service: FaceService) -> int:
@@ -175,6 +141,49 @@ def count_other_backbones(db: sqlite3.Connection, backbone: str) -> int:
     return db.execute("SELECT COUNT(*) FROM photos WHERE backbone != ?", (backbone,)).fetchone()[0]
 
 
+# --- for the trainer (model.training reads the app's tables only through these) ------------
+
+
+def _read_only(database: Path) -> sqlite3.Connection:
+    if not Path(database).exists():
+        raise FileNotFoundError(f"no database at {database}")
+    return sqlite3.connect(f"file:{Path(database)}?mode=ro", uri=True)
+
+
+def read_training_photos(database: Path, backbone: str) -> list[tuple[int, str, NDArray[np.float32]]]:
+    """(photo id, person name, backbone features float32 [D]) of every photo of that backbone, read-only.
+
+    Ordered by person name, then photo id. :raises FileNotFoundError: no such file.
+    """
+    with _read_only(database) as conn:
+        rows = conn.execute(
+            "SELECT photos.id, people.name, photos.features FROM photos "
+            "JOIN people ON people.id = photos.person_id "
+            "WHERE photos.backbone = ? AND photos.features IS NOT NULL "
+            "ORDER BY people.name, photos.id",
+            (backbone,),
+        ).fetchall()
+    return [(int(photo_id), name, from_blob(blob)) for photo_id, name, blob in rows]
+
+
+def read_training_corrections(database: Path, backbone: str) -> list[tuple[str, NDArray[np.float32]]]:
+    """(name of the person the face is NOT, features float32 [D]) for every correction, by id, read-only.
+
+    A database from before corrections existed gives [].
+    """
+    with _read_only(database) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT people.name, corrections.features FROM corrections "
+                "JOIN people ON people.id = corrections.person_id "
+                "WHERE corrections.backbone = ? ORDER BY corrections.id",
+                (backbone,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # no corrections table yet
+            return []
+    return [(name, from_blob(blob)) for name, blob in rows]
+
+
 # --- changing ----------------------------------------------------------------------
 
 
@@ -182,7 +191,7 @@ def create_person(db: sqlite3.Connection, service: FaceService, raw_name: object
     """A new person with no photos (the API allows that for a moment)."""
     name = clean_name(raw_name)
     with transaction(db):
-        _check_free(db, name)
+        check_name_free(db, name)
         person_id = db.execute("INSERT INTO people (name) VALUES (?)", (name,)).lastrowid
     service.add_person(person_id, name)
     return get_person(db, person_id)
@@ -192,7 +201,7 @@ def rename_person(db: sqlite3.Connection, service: FaceService, person_id: int, 
     name = clean_name(raw_name)
     with transaction(db):
         get_person(db, person_id)
-        _check_free(db, name, except_id=person_id)
+        check_name_free(db, name, except_id=person_id)
         db.execute("UPDATE people SET name = ? WHERE id = ?", (name, person_id))
     service.add_person(person_id, name)
     return get_person(db, person_id)
@@ -205,8 +214,7 @@ def delete_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, 
         photos = person_photos(db, person_id)
         db.execute("DELETE FROM people WHERE id = ?", (person_id,))
     service.remove_person(person_id)
-    for photo in photos:
-        _remove_files(data_dir, photo["file"])
+    _remove_photo_files(data_dir, [photo["file"] for photo in photos])
     flush_deleted(db)
 
 
@@ -216,7 +224,7 @@ def delete_photo(db: sqlite3.Connection, service: FaceService, data_dir: Path, p
         photo = get_photo(db, photo_id)
         db.execute("DELETE FROM photos WHERE id = ?", (photo_id,))
     service.remove_photo(photo_id)
-    _remove_files(data_dir, photo["file"])
+    _remove_photo_files(data_dir, [photo["file"]])
     flush_deleted(db)
     return photo
 
@@ -275,7 +283,7 @@ def enroll(
     """
     if person_id is None:
         name = clean_name(name)
-        _check_free(db, name)
+        check_name_free(db, name)
     else:
         get_person(db, person_id)
     candidates = [service.analyse(upload.file, upload.data, upload.face_index) for upload in uploads]
@@ -305,10 +313,10 @@ def store_candidates(
     photo_ids: dict[int, int] = {}
     try:
         for candidate in accepted:
-            written.append(_write_files(data_dir, candidate))
+            written.append(_write_photo_files(data_dir, candidate))
         with transaction(db):
             if person_id is None:
-                _check_free(db, name)
+                check_name_free(db, name)
                 person_id = db.execute("INSERT INTO people (name) VALUES (?)", (name,)).lastrowid
             else:
                 get_person(db, person_id)
@@ -323,8 +331,7 @@ def store_candidates(
                     ),
                 ).lastrowid
     except BaseException:
-        for file in written:
-            _remove_files(data_dir, file)
+        _remove_photo_files(data_dir, written)
         raise
 
     person = get_person(db, person_id)
@@ -345,13 +352,14 @@ def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
         "SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
         (service.backbone,),
     ).fetchall()
-    head, gallery, embeddings = build_reloaded_head(
-        service.backbone,
-        service.recognizer.backbone.dim,
-        [row["id"] for row in rows],
-        [row["person_id"] for row in rows],
-        [row["features"] for row in rows],
-    )
+    dim = service.recognizer.backbone.dim
+    head = load_head(service.backbone, dim, weights_dir=service.recognizer.weights_dir)
+    features = np.stack([from_blob(row["features"]) for row in rows]) if rows else np.zeros((0, dim), np.float32)
+    if features.shape[1] != dim:
+        raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives {dim}-D")
+    embeddings = head(features)
+    gallery = Gallery(dim=embeddings.shape[1], capacity=max(256, len(rows)))
+    gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
     with transaction(db):
         db.executemany(
             "UPDATE photos SET embedding = ? WHERE id = ?",
@@ -364,83 +372,33 @@ def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
 # --- files -------------------------------------------------------------------------
 
 
-def _write_files(data_dir: Path, candidate: Candidate) -> str:
+def _write_photo_files(data_dir: Path, candidate: Candidate) -> str:
     """Save the photo (re-encoded, so no metadata is kept) and its face thumbnail; returns the file name."""
-    file = f"{uuid.uuid4().hex}.jpg"
-    _write_atomic(Path(data_dir) / PHOTOS_DIR / file, _jpeg(candidate.photo, PHOTO_JPEG_QUALITY))
+    file = files.new_name()
+    files.write_atomic(Path(data_dir) / files.PHOTOS_DIR / file, files.jpeg(candidate.photo, PHOTO_JPEG_QUALITY))
     try:
-        thumb = _face_crop(candidate.photo, candidate.box)
-        _write_atomic(Path(data_dir) / THUMBS_DIR / file, _jpeg(thumb, THUMB_JPEG_QUALITY, side=THUMB_SIDE))
+        thumb, _ = files.face_crop(candidate.photo, candidate.box, THUMB_MARGIN)
+        files.write_atomic(Path(data_dir) / files.THUMBS_DIR / file,
+                           files.jpeg(thumb, THUMB_JPEG_QUALITY, side=THUMB_SIDE))
     except BaseException:
-        _remove_files(data_dir, file)
+        _remove_photo_files(data_dir, [file])
         raise
     return file
 
 
-def _face_crop(photo: NDArray[np.uint8], box: list[int]) -> NDArray[np.uint8]:
-    """A square slice of the photo around the face box, grown by THUMB_MARGIN and clipped."""
-    left, top, right, bottom = box
-    side = max(right - left, bottom - top) * (1 + 2 * THUMB_MARGIN)
-    cx, cy = (left + right) / 2, (top + bottom) / 2
-    height, width = photo.shape[:2]
-    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
-    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
-    return photo[y0:y1, x0:x1]
-
-
-def _jpeg(pixels: NDArray[np.uint8], quality: int, side: int | None = None) -> bytes:
-    image = Image.fromarray(pixels)
-    if side is not None:
-        image.thumbnail((side, side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _remove_files(data_dir: Path, file: str) -> None:
-    for folder in (PHOTOS_DIR, THUMBS_DIR):
-        try:
-            os.unlink(Path(data_dir) / folder / file)
-        except FileNotFoundError:
-            pass
+def _remove_photo_files(data_dir: Path, names: list[str]) -> None:
+    for folder in PHOTO_FOLDERS:
+        files.remove(data_dir, folder, names)
 
 
 def sweep_orphans(db: sqlite3.Connection, data_dir: Path) -> list[str]:
-    """Remove what a crash can leave behind: image files no photo row names, and unfinished .*.tmp files.
+    """Remove photo and thumbnail files no photo row names (a crash between file and row) and unfinished writes.
 
-    Files are written before their rows are committed, so a server killed in
-    between leaves files without rows. Run at start, before any request (a
-    second server on the same data dir would lose its unfinished uploads).
-
-    :return: the removed paths, relative to data_dir.
+    Run at start, before any request. :return: the removed paths, relative to data_dir.
     """
-    data_dir = Path(data_dir)
     known = {row[0] for row in db.execute("SELECT file FROM photos")}
-    removed = []
-    for folder in (PHOTOS_DIR, THUMBS_DIR):
-        directory = data_dir / folder
-        if not directory.is_dir():
-            continue
-        for path in directory.iterdir():
-            unfinished = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
-            if path.is_file() and (unfinished or path.name not in known):
-                path.unlink(missing_ok=True)
-                removed.append(f"{folder}/{path.name}")
-    for path in data_dir.glob(f".*{TMP_SUFFIX}"):  # the secret key's or password's, if a write was cut short
-        path.unlink(missing_ok=True)
-        removed.append(path.name)
-    return removed
+    removed = [path for folder in PHOTO_FOLDERS for path in files.sweep(data_dir, folder, known)]
+    return removed + files.sweep_unfinished(data_dir)
 
 
 def missing_files(db: sqlite3.Connection, data_dir: Path) -> list[int]:
@@ -448,5 +406,5 @@ def missing_files(db: sqlite3.Connection, data_dir: Path) -> list[int]:
     return [
         row["id"]
         for row in db.execute("SELECT id, file FROM photos")
-        if not all((Path(data_dir) / folder / row["file"]).is_file() for folder in (PHOTOS_DIR, THUMBS_DIR))
+        if not all((Path(data_dir) / folder / row["file"]).is_file() for folder in PHOTO_FOLDERS)
     ]

@@ -1,11 +1,9 @@
-"""What the live page saw: sightings per track (History) and faces that stayed unknown (the Inbox).
+"""What the live page saw, stored: sightings per track (History) and faces that stayed unknown (the Inbox).
 
-The live path only does bookkeeping in memory (`Recorder`, one per
-connection); `Archive.flush` writes it from the live worker at most once per
-`flush_every_s` per connection and when the connection ends. A track that
-stays unknown for `unknown_frames` processed frames gives one face crop with
-its features and embedding, once per track. `purge` deletes rows and files
-past their retention; it runs at start and every `purge_every_s` from the worker.
+Live streams keep their bookkeeping in memory (`webapp.live_stream.Recorder`)
+and hand it to `Archive.write` now and then; the rows and crop files are made
+here. `purge` deletes rows and files past their retention (at start, and every
+`purge_every_s` from the live path).
 
 Times are UTC text '%Y-%m-%dT%H:%M:%SZ', which sorts and compares as text.
 """
@@ -14,11 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,13 +24,12 @@ from numpy.typing import NDArray
 
 from model.clustering import cluster
 from model.images import ImageError, decode_image
-from webapp import store
-from webapp.db import connect, flush_deleted, transaction
-from webapp.faces import Candidate, FaceService
+from webapp import files, people_store
+from webapp.db import NotFound, connect, flush_deleted, from_blob, to_blob, transaction
+from webapp.service import Candidate, FaceService
 
 log = logging.getLogger(__name__)
 
-INBOX_DIR = "inbox"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 CROP_JPEG_QUALITY = 90
 # The stored crop is the face box grown by this fraction on each side (it becomes an enrollment photo).
@@ -48,12 +43,9 @@ def utc(seconds: float | None = None) -> str:
     return moment.strftime(TIME_FORMAT)
 
 
-# --- the live path: in memory --------------------------------------------------------
-
-
 @dataclass
 class Sighting:
-    """One person (or unknown) on one track, while it lasts."""
+    """One person (or unknown) on one track, while it lasts: a History row being built."""
 
     person_id: int | None
     name: str | None
@@ -67,7 +59,7 @@ class Sighting:
 
 @dataclass
 class UnknownFace:
-    """A face to put in the inbox: the frame it is in (RGB uint8, not copied), its box, features and embedding."""
+    """An Inbox row to write: the frame it is in (RGB uint8, not copied), its box, features and embedding."""
 
     track_key: str
     frame: NDArray[np.uint8]
@@ -77,70 +69,15 @@ class UnknownFace:
     seen_at: float
 
 
-class Recorder:
-    """One live connection's sightings and inbox faces, kept in memory until `Archive.flush`.
-
-    :param unknown_frames: a track reported unknown in this many processed frames gives one inbox face.
-    """
-
-    def __init__(self, unknown_frames: int = 5):
-        self.key = uuid.uuid4().hex[:12]
-        self.unknown_frames = max(1, unknown_frames)
-        self.live: dict[int, dict[int | None, Sighting]] = {}  # track id -> person id -> sighting
-        self.ended: list[Sighting] = []
-        self.unknown_counts: dict[int, int] = {}
-        self.captured: set[int] = set()
-        self.faces: list[UnknownFace] = []
-        self.last_flush = time.monotonic()
-
-    def observe(self, faces: list[tuple[int, dict]], now: float | None = None) -> list[int]:
-        """Count one processed frame's faces, as (track id, `faces` entry); returns the track ids to capture now."""
-        now = time.time() if now is None else now
-        present = set()
-        capture = []
-        for track_id, face in faces:
-            present.add(track_id)
-            person_id = face["person_id"]
-            sighting = self.live.setdefault(track_id, {}).get(person_id)
-            if sighting is None:
-                sighting = Sighting(person_id, face["name"], now, now)
-                self.live[track_id][person_id] = sighting
-            sighting.last_seen, sighting.dirty = now, True
-            sighting.frames += 1
-            sighting.best_similarity = max(sighting.best_similarity, float(face["similarity"]))
-            if person_id is None and track_id not in self.captured:
-                count = self.unknown_counts.get(track_id, 0) + 1
-                self.unknown_counts[track_id] = count
-                if count >= self.unknown_frames:
-                    capture.append(track_id)
-        for track_id in [t for t in self.live if t not in present]:
-            self.ended.extend(self.live.pop(track_id).values())
-            self.unknown_counts.pop(track_id, None)
-        return capture
-
-    def capture(self, track_id: int, frame: NDArray[np.uint8], box: list[int], features, embedding,
-                now: float | None = None) -> None:
-        """Keep one inbox face for a track (later captures of the same track are ignored)."""
-        if track_id in self.captured:
-            return
-        self.captured.add(track_id)
-        self.faces.append(UnknownFace(f"{self.key}:{track_id}", frame, list(box), features, embedding,
-                                      time.time() if now is None else now))
-
-    def end(self) -> None:
-        """The connection is gone: every sighting ends."""
-        for sightings in self.live.values():
-            self.ended.extend(sightings.values())
-        self.live.clear()
-
-
 class Archive:
-    """Writes recorders to the database from the live worker, and purges old rows now and then.
+    """Writes the live streams' sightings and unknown faces, and purges old rows now and then.
+
+    One connection for every stream, behind its own lock (streams run on different threads).
 
     :param database: the SQLite file.
     :param data_dir: inbox crops go to <data_dir>/inbox/.
     :param backbone: the name stored with inbox features (the service's backbone).
-    :param flush_every_s: a connection's sightings are written at most this often.
+    :param flush_every_s: a stream hands over its sightings at most this often.
     :param purge_every_s: `purge` runs at most this often.
     """
 
@@ -157,30 +94,20 @@ class Archive:
         self._lock = threading.Lock()
         self._last_purge = time.monotonic()
 
-    def after_frame(self, recorder: Recorder) -> None:
-        """Flush the recorder if it is due, and purge if that is due. Cheap when nothing is."""
-        now = time.monotonic()
-        if now - recorder.last_flush >= self.flush_every_s or len(recorder.faces) > 0:
-            self.flush(recorder)
-        if now - self._last_purge >= self.purge_every_s:
-            self._last_purge = now
-            with self._lock:
-                purge(self._db(), self.data_dir, inbox_days=self.inbox_days, history_days=self.history_days)
-
-    def finish(self, recorder: Recorder) -> None:
-        recorder.end()
-        self.flush(recorder)
-
-    def flush(self, recorder: Recorder) -> None:
-        recorder.last_flush = time.monotonic()
-        faces, recorder.faces = recorder.faces, []
-        ended, recorder.ended = recorder.ended, []
-        dirty = [s for group in recorder.live.values() for s in group.values() if s.dirty]
+    def write(self, faces: list[UnknownFace], sightings: list[Sighting]) -> None:
         with self._lock:
             db = self._db()
             for face in faces:
                 save_unknown(db, self.data_dir, face, self.backbone)
-            write_sightings(db, [s for s in ended if s.dirty or s.row_id is None] + dirty)
+            write_sightings(db, sightings)
+
+    def purge_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < self.purge_every_s:
+            return
+        self._last_purge = now
+        with self._lock:
+            purge(self._db(), self.data_dir, inbox_days=self.inbox_days, history_days=self.history_days)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -191,32 +118,20 @@ class Archive:
 # --- writing -------------------------------------------------------------------------
 
 
-def face_crop(frame: NDArray[np.uint8], box: list[int], margin: float = CROP_MARGIN) -> tuple[NDArray[np.uint8], list[int]]:
-    """A square slice of the frame around the face box grown by margin (clipped), and the box inside it."""
-    left, top, right, bottom = (int(v) for v in box)
-    side = max(right - left, bottom - top) * (1 + 2 * margin)
-    cx, cy = (left + right) / 2, (top + bottom) / 2
-    height, width = frame.shape[:2]
-    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
-    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
-    inner = [max(0, left - x0), max(0, top - y0), min(x1, right) - x0, min(y1, bottom) - y0]
-    return frame[y0:y1, x0:x1], inner
-
-
 def save_unknown(db: sqlite3.Connection, data_dir: Path, face: UnknownFace, backbone: str) -> int | None:
     """Store one inbox face (crop file, then row); returns its id, or None when its track already has one."""
-    crop, box = face_crop(face.frame, face.box)
+    crop, box = files.face_crop(face.frame, face.box, CROP_MARGIN)
     if crop.size == 0:
         return None
-    file = f"{uuid.uuid4().hex}.jpg"
-    path = Path(data_dir) / INBOX_DIR / file
-    store._write_atomic(path, store._jpeg(np.ascontiguousarray(crop), CROP_JPEG_QUALITY))
+    file = files.new_name()
+    path = Path(data_dir) / files.INBOX_DIR / file
+    files.write_atomic(path, files.jpeg(crop, CROP_JPEG_QUALITY))
     try:
         cursor = db.execute(
             "INSERT OR IGNORE INTO unknown_faces (track_key, file, box, width, height, embedding, features, backbone, "
             "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (face.track_key, file, json.dumps(box), int(crop.shape[1]), int(crop.shape[0]),
-             store.to_blob(face.embedding), store.to_blob(face.features), backbone, utc(face.seen_at)),
+             to_blob(face.embedding), to_blob(face.features), backbone, utc(face.seen_at)),
         )
     except BaseException:
         path.unlink(missing_ok=True)
@@ -257,36 +172,20 @@ def purge(db: sqlite3.Connection, data_dir: Path, *, inbox_days: float, history_
     inbox_cutoff = utc(now - inbox_days * 86400)
     history_cutoff = utc(now - history_days * 86400)
     with transaction(db):
-        files = [row[0] for row in db.execute("SELECT file FROM unknown_faces WHERE seen_at < ?", (inbox_cutoff,))]
+        names = [row[0] for row in db.execute("SELECT file FROM unknown_faces WHERE seen_at < ?", (inbox_cutoff,))]
         db.execute("DELETE FROM unknown_faces WHERE seen_at < ?", (inbox_cutoff,))
         sightings = db.execute("DELETE FROM sightings WHERE last_seen < ?", (history_cutoff,)).rowcount
-    _remove(data_dir, files)
-    if files or sightings:
+    files.remove(data_dir, files.INBOX_DIR, names)
+    if names or sightings:
         flush_deleted(db)
-        log.info("purged %d inbox face(s) and %d sighting(s) past their retention", len(files), sightings)
-    return len(files), sightings
+        log.info("purged %d inbox face(s) and %d sighting(s) past their retention", len(names), sightings)
+    return len(names), sightings
 
 
 def sweep_inbox(db: sqlite3.Connection, data_dir: Path) -> list[str]:
     """Remove inbox files no row names (a crash between file and row). Run at start only."""
-    directory = Path(data_dir) / INBOX_DIR
-    if not directory.is_dir():
-        return []
     known = {row[0] for row in db.execute("SELECT file FROM unknown_faces")}
-    removed = []
-    for path in directory.iterdir():
-        if path.is_file() and path.name not in known:
-            path.unlink(missing_ok=True)
-            removed.append(f"{INBOX_DIR}/{path.name}")
-    return removed
-
-
-def _remove(data_dir: Path, files: list[str]) -> None:
-    for file in files:
-        try:
-            os.unlink(Path(data_dir) / INBOX_DIR / file)
-        except FileNotFoundError:
-            pass
+    return files.sweep(data_dir, files.INBOX_DIR, known)
 
 
 # --- the inbox -----------------------------------------------------------------------
@@ -302,12 +201,12 @@ def unknown_faces(db: sqlite3.Connection, ids: list[int] | None = None) -> list[
 def get_unknown(db: sqlite3.Connection, face_id: int) -> sqlite3.Row:
     row = db.execute("SELECT * FROM unknown_faces WHERE id = ?", (face_id,)).fetchone()
     if row is None:
-        raise store.NotFound(f"no inbox face with id {face_id}")
+        raise NotFound(f"no inbox face with id {face_id}")
     return row
 
 
 def inbox_path(data_dir: Path, row: sqlite3.Row) -> Path:
-    return Path(data_dir) / INBOX_DIR / row["file"]
+    return Path(data_dir) / files.INBOX_DIR / row["file"]
 
 
 def clusters(db: sqlite3.Connection, threshold: float, backbone: str) -> list[list[sqlite3.Row]]:
@@ -319,7 +218,7 @@ def clusters(db: sqlite3.Connection, threshold: float, backbone: str) -> list[li
     same = [row for row in rows if row["backbone"] == backbone]
     groups: dict[int, list[sqlite3.Row]] = {}
     if same:
-        labels = cluster(np.stack([store.from_blob(row["embedding"]) for row in same]), threshold)
+        labels = cluster(np.stack([from_blob(row["embedding"]) for row in same]), threshold)
         for row, label in zip(same, labels.tolist()):
             groups.setdefault(label, []).append(row)
     result = list(groups.values()) + [[row] for row in rows if row["backbone"] != backbone]
@@ -336,10 +235,10 @@ def enroll_unknown(
     :return: (the person, photos added). :raises InvalidName, DuplicateName, NotFound, StoreError.
     """
     if person_id is None:
-        name = store.clean_name(name)
+        name = people_store.clean_name(name)
     rows = [row for row in unknown_faces(db, face_ids) if row["backbone"] == service.backbone]
     if not rows:
-        raise store.NotFound("none of these inbox faces is left")
+        raise NotFound("none of these inbox faces is left")
     candidates = []
     for row in rows:
         try:
@@ -348,11 +247,11 @@ def enroll_unknown(
             log.warning("inbox face %d is unreadable: %s", row["id"], exc)
             continue
         candidates.append(Candidate(row["file"], photo=photo, box=json.loads(row["box"]),
-                                    features=store.from_blob(row["features"]),
-                                    embedding=store.from_blob(row["embedding"])))
+                                    features=from_blob(row["features"]), embedding=from_blob(row["embedding"])))
     if not candidates:
-        raise store.NotFound("the image files of these inbox faces are missing")
-    person, photo_ids = store.store_candidates(db, service, data_dir, candidates, person_id=person_id, name=name)
+        raise NotFound("the image files of these inbox faces are missing")
+    person, photo_ids = people_store.store_candidates(db, service, data_dir, candidates, person_id=person_id,
+                                                      name=name)
     dismiss(db, data_dir, [row["id"] for row in rows])
     return person, len(photo_ids)
 
@@ -364,7 +263,7 @@ def dismiss(db: sqlite3.Connection, data_dir: Path, face_ids: list[int]) -> int:
         return 0
     with transaction(db):
         db.executemany("DELETE FROM unknown_faces WHERE id = ?", [(row["id"],) for row in rows])
-    _remove(data_dir, [row["file"] for row in rows])
+    files.remove(data_dir, files.INBOX_DIR, [row["file"] for row in rows])
     flush_deleted(db)
     return len(rows)
 

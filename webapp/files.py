@@ -1,0 +1,103 @@
+"""The data folder's image files: atomic writes, JPEG encoding, face crops, removal and the start-up sweep.
+
+Every file the app stores has a generated name (never a person's name) in one
+of the folders below. Files are written before their rows are committed, so a
+crash can leave a file without a row (`sweep` removes it at the next start),
+never a row pointing at half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+PHOTOS_DIR = "photos"
+THUMBS_DIR = "thumbs"
+INBOX_DIR = "inbox"
+TMP_SUFFIX = ".tmp"  # files being written are named .<name>.tmp, then renamed
+
+
+def new_name() -> str:
+    """A fresh file name for a stored JPEG."""
+    return f"{uuid.uuid4().hex}.jpg"
+
+
+def face_crop(
+    image: NDArray[np.uint8], box: list[int], margin: float
+) -> tuple[NDArray[np.uint8], list[int]]:
+    """A square slice of the image around a [left, top, right, bottom] box grown by margin on each side, clipped.
+
+    :return: (the slice, not copied; the box in the slice's pixels).
+    """
+    left, top, right, bottom = (int(v) for v in box)
+    side = max(right - left, bottom - top) * (1 + 2 * margin)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    height, width = image.shape[:2]
+    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    x1, y1 = min(width, int(cx + side / 2)), min(height, int(cy + side / 2))
+    inner = [max(0, left - x0), max(0, top - y0), min(x1, right) - x0, min(y1, bottom) - y0]
+    return image[y0:y1, x0:x1], inner
+
+
+def jpeg(pixels: NDArray[np.uint8], quality: int, side: int | None = None) -> bytes:
+    """RGB uint8 pixels as JPEG bytes (no metadata), shrunk to fit side x side when side is given."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if side is not None:
+        image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def remove(data_dir: Path, folder: str, names: Iterable[str]) -> None:
+    """Delete files of one folder; ones already gone are fine."""
+    for name in names:
+        try:
+            os.unlink(Path(data_dir) / folder / name)
+        except FileNotFoundError:
+            pass
+
+
+def sweep(data_dir: Path, folder: str, known: set[str]) -> list[str]:
+    """Remove the folder's files that no row names, and unfinished .*.tmp files.
+
+    Run at start only, before any request (a second server on the same data
+    dir would lose its unfinished uploads). :return: removed paths, relative to data_dir.
+    """
+    directory = Path(data_dir) / folder
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        unfinished = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+        if path.is_file() and (unfinished or path.name not in known):
+            path.unlink(missing_ok=True)
+            removed.append(f"{folder}/{path.name}")
+    return removed
+
+
+def sweep_unfinished(data_dir: Path) -> list[str]:
+    """Remove .*.tmp files at the top of the data dir (the secret key's or password's, if a write was cut short)."""
+    removed = []
+    for path in Path(data_dir).glob(f".*{TMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
