@@ -26,6 +26,12 @@ from model.head import Head, load_head
 DEFAULT_THRESHOLD = 0.932
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.
 DEFAULT_MIN_FACE = 60
+# Enrollment photos are detected at this upsampling (finds faces down to about 40 px), on a copy
+# scaled to at most ENROLLMENT_MAX_SIDE.
+ENROLLMENT_UPSAMPLE = 1
+ENROLLMENT_MAX_SIDE = 1600
+# Evaluation portraits: HOG tries these upsamplings in turn before assuming a centred face.
+PORTRAIT_UPSAMPLES = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -153,13 +159,14 @@ class Recognizer:
         ]
 
     def enrollment_faces(
-        self, photo: NDArray[np.uint8], *, min_face: int = DEFAULT_MIN_FACE, max_side: int = 1600
+        self, photo: NDArray[np.uint8], *, min_face: int = DEFAULT_MIN_FACE, max_side: int = ENROLLMENT_MAX_SIDE,
+        upsample: int = ENROLLMENT_UPSAMPLE,
     ) -> list[Face]:
-        """Faces in an enrollment photo (upsample 1, so smaller faces are found), largest first.
+        """Faces in an enrollment photo (upsampled, so smaller faces are found), largest first.
 
         :raises EnrollmentRejected: no face, or every face smaller than min_face pixels.
         """
-        faces = self.find_faces(photo, upsample=1, max_side=max_side)
+        faces = self.find_faces(photo, upsample=upsample, max_side=max_side)
         if not faces:
             raise EnrollmentRejected("no face found")
         big = [face for face in faces if min(face.width, face.height) >= min_face]
@@ -175,7 +182,7 @@ class Recognizer:
         Tries upsample 1, then 2; when HOG still finds nothing, assumes a centred
         face. Returns (face, detected) where detected is False for that fallback.
         """
-        for upsample in (1, 2):
+        for upsample in PORTRAIT_UPSAMPLES:
             face = face_nearest_centre(self.find_faces(photo, upsample=upsample), photo.shape)
             if face is not None:
                 return face, True

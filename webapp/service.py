@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # How long a request waits for the model to finish loading before answering 503.
 LOAD_WAIT_S = 60.0
+# Guided-enrollment preview frames are detected without upsampling (about 30 ms a frame).
+ASSESS_UPSAMPLE = 0
 
 
 class ModelNotReady(RuntimeError):
@@ -231,7 +233,7 @@ class FaceService:
         """Score a guided-enrollment preview frame (model.quality.assess); detects at upsample 0, about 30 ms."""
         self.wait_ready()
         with self._model_lock:
-            faces = self.recognizer.find_faces(frame, upsample=0)
+            faces = self.recognizer.find_faces(frame, upsample=ASSESS_UPSAMPLE)
         return assess(frame, faces, want=want)
 
     # --- recognition -------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import sqlite3
+from pathlib import Path
 
 import pytest
-from web_helpers import ENROLLED, log_in, prepare_data_dir
+from web_helpers import ENROLLED, log_in, prepare_data_dir, start_server, stop_server
 
 from model.backbones import VGG16Face
 from model.recognizer import Recognizer
@@ -117,3 +118,15 @@ def test_server_options_default_to_env_vars(monkeypatch):
     assert (args.host, args.port, args.data_dir) == ("127.0.0.1", 5123, "/tmp/faces-here")
     args = server.parse_args(["--host", "0.0.0.0", "--port", "6000", "--data-dir", "elsewhere"])
     assert (args.host, args.port, args.data_dir) == ("0.0.0.0", 6000, "elsewhere")
+
+
+@pytest.mark.dlib
+def test_a_running_server_has_no_tensorflow_loaded(tmp_path):
+    """server.py as users start it, model ready: no TensorFlow library is mapped into the process."""
+    process, _, _ = start_server(prepare_data_dir(tmp_path / "data"))
+    try:
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+    finally:
+        stop_server(process)
+    assert "dlib" in maps  # the check sees the libraries that are loaded
+    assert "tensorflow" not in maps
