@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.paths import WEIGHTS_DIR
+from model.paths import DEFAULT_WEIGHTS_DIR
 
 VGG_FACE_WEIGHTS = "vgg_face_weights.h5"
 # VGGFace (v1) mean pixel, in B, G, R order; the network expects BGR input minus these.
@@ -150,6 +150,7 @@ class VGG16Face(Backbone):
 
     Needs `weights/vgg_face_weights.h5` (the standard VGG-Face Keras file, with
     or without the 2622-way top); it is never downloaded.
+    :param weights_path: that file (default: model.paths.DEFAULT_WEIGHTS_DIR / vgg_face_weights.h5).
     """
 
     name = "vgg16-face"
@@ -160,7 +161,7 @@ class VGG16Face(Backbone):
 
     def __init__(self, weights_path: str | Path | None = None):
         super().__init__()
-        self.weights_path = Path(weights_path) if weights_path else WEIGHTS_DIR / VGG_FACE_WEIGHTS
+        self.weights_path = Path(weights_path) if weights_path else DEFAULT_WEIGHTS_DIR / VGG_FACE_WEIGHTS
         self._model = None
 
     def _load(self) -> None:
@@ -194,9 +195,14 @@ class VGG16Face(Backbone):
 BACKBONES: dict[str, type[Backbone]] = {DlibResNet.name: DlibResNet, VGG16Face.name: VGG16Face}
 
 
-def get_backbone(name: str) -> Backbone:
-    """A new, not yet loaded backbone by name ('dlib-resnet' or 'vgg16-face')."""
-    try:
-        return BACKBONES[name]()
-    except KeyError:
-        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}") from None
+def get_backbone(name: str, weights_dir: Path | None = None) -> Backbone:
+    """A new, not yet loaded backbone by name ('dlib-resnet' or 'vgg16-face').
+
+    :param weights_dir: folder holding vgg_face_weights.h5 (default: model.paths.DEFAULT_WEIGHTS_DIR);
+        dlib-resnet's model comes with `face_recognition_models` and ignores it.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    if name == VGG16Face.name:
+        return VGG16Face(Path(weights_dir or DEFAULT_WEIGHTS_DIR) / VGG_FACE_WEIGHTS)
+    return BACKBONES[name]()

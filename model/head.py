@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.backbones import l2_normalise
-from model import paths
+from model.paths import DEFAULT_WEIGHTS_DIR
 
 EMBEDDING_DIM = 128
 
@@ -52,8 +52,8 @@ class Head:
 
 
 def head_path(backbone: str, weights_dir: Path | None = None) -> Path:
-    """Where the app looks for a backbone's head (weights_dir defaults to model.paths.WEIGHTS_DIR)."""
-    return Path(weights_dir or paths.WEIGHTS_DIR) / f"head_{backbone}.h5"
+    """Where a backbone's head file lives: <weights_dir>/head_<backbone>.h5 (default model.paths.DEFAULT_WEIGHTS_DIR)."""
+    return Path(weights_dir or DEFAULT_WEIGHTS_DIR) / f"head_{backbone}.h5"
 
 
 def sidecar_path(path: Path) -> Path:
@@ -63,6 +63,7 @@ def sidecar_path(path: Path) -> Path:
 def load_head(backbone: str, dim: int, path: Path | None = None, weights_dir: Path | None = None) -> Head:
     """Load a head file, or the identity head when a 128-D backbone has none yet.
 
+    :param path: the head file (default: `head_path(backbone, weights_dir)`).
     :raises HeadUnavailable: no file and the backbone is not 128-D.
     :raises ValueError: the file is unreadable or does not fit the backbone.
     """

@@ -1,10 +1,10 @@
-"""Where the project keeps files the model needs (no Flask here; the app passes its own data dir)."""
+"""Default places for the files the model needs (no Flask, no environment: callers pass their own)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Users drop weight files (VGG-Face, trained heads) here; FACES_WEIGHTS_DIR moves it.
-WEIGHTS_DIR = Path(os.environ.get("FACES_WEIGHTS_DIR", PROJECT_DIR / "weights"))
+# Weight files (VGG-Face, trained heads) when the caller names no folder; the app and
+# the offline commands pass their WEIGHTS_DIR setting (FACES_WEIGHTS_DIR) instead.
+DEFAULT_WEIGHTS_DIR = PROJECT_DIR / "weights"

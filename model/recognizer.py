@@ -60,7 +60,7 @@ class Recognizer:
     :param backbone: a Backbone instance or name (default 'dlib-resnet').
     :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
     :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
-    :param weights_dir: folder of head files (default: model.paths.WEIGHTS_DIR).
+    :param weights_dir: folder of head files and VGG-Face's weights (default: model.paths.DEFAULT_WEIGHTS_DIR).
     :param flip: also embed the mirrored chip and average (2x embedding cost; on CelebA
         TAR at FAR 1e-3 rises from 85.9% to 87.8%, so it is on by default).
     """
@@ -74,12 +74,12 @@ class Recognizer:
         flip: bool = True,
         weights_dir: Path | None = None,
     ):
-        self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.backbone = get_backbone(backbone, weights_dir) if isinstance(backbone, str) else backbone
         self.detector = detector or FaceDetector()
         self.head = head
         self._threshold = threshold
         self.flip = flip
-        self.weights_dir = weights_dir  # where head files are read (None: model.paths.WEIGHTS_DIR)
+        self.weights_dir = weights_dir  # where head and weight files are read (None: model.paths.DEFAULT_WEIGHTS_DIR)
 
     @property
     def threshold(self) -> float:
@@ -98,7 +98,7 @@ class Recognizer:
         return self
 
     def twin(self) -> "Recognizer":
-        """A recognizer with the same backbone kind, head, threshold and flip but its own
+        """A recognizer with the same backbone kind, head, threshold, flip and weights_dir but its own
         detector and network, for a second thread: dlib's objects keep per-call state and
         must not run on two threads at once. Not loaded yet (load() is lazy as ever)."""
         return Recognizer(

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from model import evaluate
+from model.training import evaluate
 
 
 @pytest.fixture(scope="module")

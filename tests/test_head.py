@@ -46,3 +46,24 @@ def test_corrupt_head_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="cannot read head file"):
         load_head("dlib-resnet", 128, path=path)
+
+
+def test_a_saved_head_on_stored_features_rebuilds_a_gallery(tmp_path):
+    """What the app's "reload head" does: a new head file, applied to stored backbone features."""
+    from model.gallery import Gallery
+
+    rng = np.random.default_rng(0)
+    people = np.repeat(np.arange(4), 3)
+    features = rng.normal(size=(12, 128)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    kernel = np.linalg.qr(rng.normal(size=(128, 128)))[0].astype(np.float32)
+    save_head(Head(kernel, "dlib-resnet", threshold=0.4), tmp_path / "head_dlib-resnet.h5")
+
+    head = load_head("dlib-resnet", 128, weights_dir=tmp_path)
+    assert head.threshold == 0.4
+    embeddings = head(features)
+    gallery = Gallery(dim=embeddings.shape[1])
+    gallery.add_many(zip(range(100, 112), people.tolist(), embeddings))
+    assert len(gallery) == 12 and gallery.person_ids == {0, 1, 2, 3}
+    matches = gallery.match(embeddings[[0, 4]], threshold=0.99)
+    assert [m.person_id for m in matches] == [0, 1]

@@ -4,6 +4,8 @@
     model/training/ (offline)           ->  model/, and webapp.settings / webapp.people_store only
 
 The server never imports TensorFlow or the training package; the core never imports webapp/.
+model/train.py, evaluate.py and finetune.py are the documented commands' entry points: two lines
+that hand over to model.training, and nothing else imports them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ MAX_LINES = 450
 # What the offline training package may use of the web app: the settings table and the trainer's reads.
 TRAINING_MAY_IMPORT = {"webapp.settings", "webapp.people_store"}
 HEAVY = ("tensorflow", "keras")
+# `python -m model.train` etc.: thin entry points into model.training, outside the core.
+ENTRY_POINTS = {"model.train": "model.training.train", "model.evaluate": "model.training.evaluate",
+                "model.finetune": "model.training.finetune"}
 
 
 def module_name(path: Path) -> str:
@@ -84,7 +89,7 @@ def test_nothing_imports_in_a_circle(graph):
 
 def test_the_inference_core_never_imports_the_web_app_or_the_training_package(graph):
     for name, targets in graph.items():
-        if in_package(name, "model") and not in_package(name, "model.training"):
+        if in_package(name, "model") and not in_package(name, "model.training") and name not in ENTRY_POINTS:
             bad = {t for t in targets if in_package(t, "webapp") or in_package(t, "model.training")}
             assert not bad, f"{name} imports {bad}"
 
@@ -92,8 +97,15 @@ def test_the_inference_core_never_imports_the_web_app_or_the_training_package(gr
 def test_the_server_never_imports_training_or_tensorflow(graph):
     for name, targets in graph.items():
         if in_package(name, "webapp") or name == "server":
-            bad = {t for t in targets if in_package(t, "model.training") or t.split(".")[0] in HEAVY}
+            bad = {t for t in targets if in_package(t, "model.training") or t in ENTRY_POINTS
+                   or t.split(".")[0] in HEAVY}
             assert not bad, f"{name} imports {bad}"
+
+
+def test_the_entry_points_only_hand_over_to_the_training_package(graph):
+    for name, target in ENTRY_POINTS.items():
+        assert graph[name] == {target}, f"{name} imports {graph[name]}"
+        assert not any(name in targets for other, targets in graph.items() if other != name), f"{name} is imported"
 
 
 def test_training_uses_only_the_settings_and_the_trainer_reads_of_the_web_app(graph):
@@ -116,7 +128,8 @@ from webapp import create_app
 app = create_app({{"DATA_DIR": {str(tmp_path / 'data')!r}, "SECRET_KEY": "x", "ADMIN_PASSWORD": "long enough pw"}})
 app.extensions["faces"].wait_ready()
 assert app.test_client().get("/api/status").status_code == 401
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras") or m.startswith("model.training"))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras") or m.startswith("model.train")
+                or m in ("model.evaluate", "model.finetune"))
 print(loaded)
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_DIR, capture_output=True, text=True,

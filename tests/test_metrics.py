@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import metrics
+from model.training import metrics
 
 
 def test_threshold_at_far_lets_through_at_most_the_allowed_impostors():

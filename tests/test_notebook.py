@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.feature_cache import dataset_features
+from model.training.datasets import dataset_features
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "retrain_head.ipynb"
 
@@ -18,7 +18,7 @@ def test_notebook_executes_headless_and_saves_a_head(celeba_dir, recognizer, tmp
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     from model.head import load_head
-    from model.paths import WEIGHTS_DIR
+    from webapp.settings import from_env
 
     # Fill the session's feature cache first (shared with tests/test_train.py), so the kernel only reads it.
     cache = tmp_path_factory.getbasetemp() / "train-feature-cache"
@@ -29,7 +29,8 @@ def test_notebook_executes_headless_and_saves_a_head(celeba_dir, recognizer, tmp
         "FACES_NB_OUT": out, "FACES_NB_CACHE": cache, "FACES_NB_REPORTS": tmp_path / "reports",
     }.items():
         monkeypatch.setenv(name, str(value))
-    before = sorted(WEIGHTS_DIR.glob("head_*"))
+    weights_dir = Path(from_env()["WEIGHTS_DIR"])  # where the notebook saves without FACES_NB_OUT
+    before = sorted(weights_dir.glob("head_*"))
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit it without outputs"
@@ -46,4 +47,4 @@ def test_notebook_executes_headless_and_saves_a_head(celeba_dir, recognizer, tmp
         "training.png", "roc_det.png", "projection.png", "hardest.png"}
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 4
-    assert sorted(WEIGHTS_DIR.glob("head_*")) == before  # the repo's weights/ is untouched
+    assert sorted(weights_dir.glob("head_*")) == before  # the app's weights/ is untouched

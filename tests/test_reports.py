@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from model import reports
-from model.feature_cache import dataset_features
 from model.head import Head
+from model.training import reports
+from model.training.datasets import dataset_features
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_pictures_are_written_as_png(tmp_path):
     emb, labels = _clusters(people=5, per_person=6, spread=0.4)
     names = [f"p{i}" for i in range(5)]
     identity = Head(np.eye(16, 128, dtype=np.float32), "toy")
-    from model.feature_cache import FeatureSet
+    from model.training.datasets import FeatureSet
 
     fs = FeatureSet(emb, labels, names, [f"{n}.jpg" for n in range(len(labels))], "toy")
     scores = reports.verification_scores({"before": identity}, fs)
@@ -99,7 +99,9 @@ def test_pictures_are_written_as_png(tmp_path):
 
 @pytest.mark.slow
 def test_all_reports_for_a_training_run_on_a_real_slice(slice_features, celeba_dir, tmp_path):
-    from model.train import TrainConfig, split_features, train_head
+    from model.training.config import TrainConfig
+    from model.training.datasets import split_features
+    from model.training.train import train_head
 
     split = split_features(slice_features, seed=0)
     result = train_head(split.train, split.val, TrainConfig(epochs=2, p=4, k=4), progress=False)

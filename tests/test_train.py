@@ -7,14 +7,16 @@ features are computed once per test session into a temporary feature cache.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model.feature_cache import FeatureSet, dataset_features, gallery_features, gallery_from_features, list_dataset, reload_head
 from model.head import Head, load_head
-from model.sampling import (
+from model.training.datasets import FeatureSet, dataset_features, gallery_features, list_dataset
+from model.training.sampling import (
     augment_photo,
     pk_batches,
     random_pairs,
@@ -54,7 +56,7 @@ def test_split_by_person_never_leaks_on_the_whole_dataset(celeba_dir):
 
 
 def test_feature_cache_follows_the_recognizer_flip_setting(slice_features, recognizer, celeba_dir, tmp_path_factory):
-    from model.feature_cache import cache_file
+    from model.training.datasets import cache_file
 
     assert slice_features.extra["flip"] == recognizer.flip
     assert slice_features.summary()["photos"] == len(slice_features) <= SLICE_PEOPLE * SLICE_PHOTOS
@@ -68,7 +70,7 @@ def test_split_features_keeps_augmented_copies_out_of_validation():
     augmented = np.tile([False, False, True, True], 12)
     fs = FeatureSet(_unit(np.random.default_rng(0), 48), labels, [f"p{i}" for i in range(12)],
                     [f"p{i}/{j}" for i, j in zip(labels, range(48))], "toy", augmented=augmented)
-    from model.train import split_features
+    from model.training.datasets import split_features
 
     split = split_features(fs, val_fraction=0.25, seed=1)
     assert not set(split.train.labels) & set(split.val.labels)
@@ -110,7 +112,7 @@ def test_augment_photo_keeps_shape_and_changes_pixels():
 
 
 def test_semi_hard_mining_returns_valid_triplets_matching_the_reference():
-    from model import losses
+    from model.training import losses
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 4)
@@ -138,7 +140,7 @@ def test_semi_hard_mining_returns_valid_triplets_matching_the_reference():
 
 
 def test_loss_values_on_hand_made_cases():
-    from model import losses
+    from model.training import losses
 
     a = np.array([[1.0, 0.0]], np.float32)
     b = np.array([[0.0, 1.0]], np.float32)
@@ -158,7 +160,7 @@ def test_loss_values_on_hand_made_cases():
 
 
 def test_one_cycle_schedule_warms_up_then_anneals_with_momentum_cycling():
-    from model.train import TrainConfig, schedule_at
+    from model.training.config import TrainConfig, schedule_at
 
     config = TrainConfig(schedule="one-cycle", learning_rate=1e-3)
     lrs, betas = zip(*(schedule_at(config, s, 100, 10) for s in range(100)))
@@ -184,7 +186,9 @@ LOSS_CONFIGS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("options", LOSS_CONFIGS, ids=["triplet-random", "triplet-semi-hard", "contrastive", "arcface", "arcface-focal"])
 def test_each_loss_goes_down_on_a_real_slice(slice_features, options):
-    from model.train import TrainConfig, split_features, train_head
+    from model.training.config import TrainConfig
+    from model.training.datasets import split_features
+    from model.training.train import train_head
 
     split = split_features(slice_features, val_fraction=0.25, seed=0)
     config = TrainConfig(epochs=12, p=4, k=4, learning_rate=1e-3, weight_decay=1e-4, **options)
@@ -200,8 +204,11 @@ def test_each_loss_goes_down_on_a_real_slice(slice_features, options):
 
 @pytest.mark.slow
 def test_trained_head_saves_reloads_identically_and_keeps_history(slice_features, tmp_path):
-    from model.export import head_model
-    from model.train import TrainConfig, head_history, rollback_head, save_trained_head, split_features, train_head
+    from model.training.config import TrainConfig
+    from model.training.datasets import split_features
+    from model.training.export import head_model
+    from model.training.head_history import head_history, rollback_head, save_trained_head
+    from model.training.train import train_head
 
     split = split_features(slice_features, seed=0)
     path = tmp_path / "weights" / "head_dlib-resnet.h5"
@@ -234,10 +241,11 @@ def test_trained_head_saves_reloads_identically_and_keeps_history(slice_features
 
 @pytest.mark.slow
 def test_command_line_trains_writes_and_prints_json(celeba_dir, slice_features, tmp_path, capsys, tmp_path_factory):
-    from model import train
-    from model.paths import WEIGHTS_DIR
+    from model.training import train
+    from webapp.settings import from_env
 
-    before = sorted(WEIGHTS_DIR.glob("head_*"))
+    weights_dir = Path(from_env()["WEIGHTS_DIR"])  # where the command line writes without --out
+    before = sorted(weights_dir.glob("head_*"))
     out = tmp_path / "head_dlib-resnet.h5"
     cache = tmp_path_factory.getbasetemp() / "train-feature-cache"
     summary = train.main([
@@ -250,7 +258,7 @@ def test_command_line_trains_writes_and_prints_json(celeba_dir, slice_features, 
     assert summary["out"] == str(out) and out.exists()
     assert {"tar_at_far_1e-03", "tar_at_far_1e-02", "tar_at_far_1e-04"} <= set(summary["before"]) & set(summary["after"])
     assert {p.split("/")[-1] for p in summary["reports"]} >= {"roc_det.png", "training.png", "projection.png", "hardest.png"}
-    assert sorted(WEIGHTS_DIR.glob("head_*")) == before  # nothing written into the repo's weights/
+    assert sorted(weights_dir.glob("head_*")) == before  # nothing written into the app's weights/
 
     rolled = train.main(["--images", str(celeba_dir), "--people", str(SLICE_PEOPLE), "--per-person", str(SLICE_PHOTOS),
                          "--cache", str(cache), "--epochs", "1", "--out", str(out), "--no-progress"])
@@ -260,7 +268,8 @@ def test_command_line_trains_writes_and_prints_json(celeba_dir, slice_features, 
 
 
 def test_without_validation_pairs_the_last_epoch_is_kept_without_a_threshold():
-    from model.train import TrainConfig, train_head
+    from model.training.config import TrainConfig
+    from model.training.train import train_head
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(8), 4)
@@ -273,7 +282,11 @@ def test_without_validation_pairs_the_last_epoch_is_kept_without_a_threshold():
 
 def test_a_wide_backbone_starts_from_a_random_projection_and_round_trips(tmp_path):
     """vgg16-face style features (not 128-D): no identity start, the head must be trained and saved."""
-    from model.train import TrainConfig, initial_head, save_trained_head, split_features, train_head
+    from model.training.config import TrainConfig
+    from model.training.datasets import split_features
+    from model.training.head_history import save_trained_head
+    from model.training.heads import initial_head
+    from model.training.train import train_head
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(16), 4)
@@ -308,36 +321,44 @@ def _app_db(path, features, labels, names):
                    (np.zeros(4096, "<f4").tobytes(), b""))
 
 
-def test_gallery_database_is_read_and_a_new_head_rebuilds_the_gallery(tmp_path):
+def test_gallery_database_is_read_through_the_app(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 3)
     features = _unit(rng, 12)
     _app_db(tmp_path / "faces.db", features, labels, ["Ann", "Bob", "Cy", "Di"])
     fs = gallery_features(tmp_path / "faces.db")
-    assert fs.features.shape == (12, 128) and fs.names == ["Ann", "Bob", "Cy", "Di"]
+    assert fs.features.shape == (12, 128) and fs.features.dtype == np.float32 and fs.names == ["Ann", "Bob", "Cy", "Di"]
     assert np.allclose(fs.features, features) and np.array_equal(fs.labels, labels)
-
-    kernel = np.linalg.qr(rng.normal(size=(128, 128)))[0].astype(np.float32)
-    head = Head(kernel, "dlib-resnet", threshold=0.4)
-    blobs = [np.asarray(v, "<f4").tobytes() for v in features]
-    gallery, embeddings = gallery_from_features(head, range(100, 112), labels, blobs)
-    assert len(gallery) == 12 and np.allclose(embeddings, head(features))
-    matches = gallery.match(embeddings[:1], threshold=0.99)
-    assert matches[0].person_id == 0
-
-    path = tmp_path / "head_dlib-resnet.h5"
-    from model.head import save_head
-
-    save_head(head, path)
-    loaded, gallery2, embeddings2 = reload_head("dlib-resnet", 128, range(12), labels, features, path=path)
-    assert loaded.threshold == 0.4 and np.array_equal(embeddings2, embeddings) and len(gallery2) == 12
+    assert fs.paths[0].startswith("photo:") and fs.source == str(tmp_path / "faces.db")
+    with pytest.raises(ValueError, match="no other photos with stored features"):
+        gallery_features(tmp_path / "faces.db", "other")
+    with pytest.raises(FileNotFoundError):
+        gallery_features(tmp_path / "missing.db")
 
 
 def test_training_from_the_gallery_database(tmp_path, slice_features):
-    from model.train import main
+    from model.training.train import main
 
     _app_db(tmp_path / "faces.db", slice_features.features, slice_features.labels, slice_features.names)
     summary = main(["--gallery", str(tmp_path / "faces.db"), "--epochs", "2", "--people-per-batch", "4",
                     "--out", str(tmp_path / "head_dlib-resnet.h5"), "--no-progress"])
     assert summary["data"]["train_people"] + summary["data"]["val_people"] == SLICE_PEOPLE
     assert summary["after"]["tar_at_far_1e-03"] >= summary["before"]["tar_at_far_1e-03"]
+
+
+# --- settings: the command lines take the app's settings table ----------------------------------
+
+
+def test_the_weights_and_cache_folders_follow_the_apps_settings(tmp_path, monkeypatch):
+    from model.training import evaluate, train
+
+    monkeypatch.setenv("FACES_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("FACES_CACHE_DIR", str(tmp_path / "cache"))
+    args = train._parser().parse_args(["--images", "x"])
+    assert args.weights_dir == tmp_path / "weights" and args.cache == tmp_path / "cache"
+    args = evaluate._parser().parse_args(["verify", "--images", "x", "--pairs", "p"])
+    assert args.weights_dir == tmp_path / "weights" and args.cache == tmp_path / "cache"
+    assert evaluate._parser().parse_args(["verify", "--images", "x", "--pairs", "p", "--no-cache"]).cache is False
+    expected = re.escape(str(tmp_path / "weights" / "head_dlib-resnet.h5"))
+    with pytest.raises(FileNotFoundError, match=expected):  # --rollback looks in FACES_WEIGHTS_DIR
+        train.main(["--rollback"])

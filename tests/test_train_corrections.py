@@ -6,8 +6,8 @@ import sqlite3
 
 import numpy as np
 
-from model.feature_cache import FeatureSet, gallery_corrections, gallery_features
-from model.sampling import correction_triplets
+from model.training.datasets import FeatureSet, gallery_corrections, gallery_features
+from model.training.sampling import correction_triplets
 from webapp import db as app_db
 
 
@@ -68,7 +68,8 @@ def test_gallery_corrections_are_read_with_the_label_they_are_not(tmp_path):
 
 
 def test_training_pushes_a_correction_away_from_the_person():
-    from model.train import TrainConfig, train_head
+    from model.training.config import TrainConfig
+    from model.training.train import train_head
 
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(8), 4)
@@ -91,7 +92,7 @@ def test_training_pushes_a_correction_away_from_the_person():
 
 
 def test_the_command_line_trains_with_the_databases_corrections(tmp_path):
-    from model.train import main
+    from model.training.train import main
 
     rng = np.random.default_rng(2)
     labels = np.repeat(np.arange(8), 4)

@@ -19,14 +19,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:__array__ imp
 @pytest.fixture(scope="module")
 def tiny_chips(celeba_dir, recognizer):
     """Aligned chips of 4 people x 4 photos, at 64 px (MobileNetV2), 224 px (VGG-Face) and 150 px (dlib)."""
-    from model.finetune import load_chips
+    from model.training.finetune import load_chips
 
     return load_chips(celeba_dir, sizes=[(64, 0.25), (224, 0.3), (150, 0.25)], people=4, per_person=4,
                       recognizer=recognizer, progress=False)
 
 
 def test_head_export_matches_the_numpy_head(tmp_path):
-    from model.export import export_head, run_tflite
+    from model.training.export import export_head, run_tflite
 
     rng = np.random.default_rng(0)
     head = Head(rng.normal(size=(128, 128)).astype(np.float32), "dlib-resnet", threshold=0.9)
@@ -46,7 +46,7 @@ def test_head_export_matches_the_numpy_head(tmp_path):
 def test_mobilenetv2_from_a_user_weights_file_finetunes(tiny_chips, tmp_path):
     import keras
 
-    from model.finetune import FinetuneConfig, build_backbone, embed_chips, embedding_model, finetune
+    from model.training.finetune import FinetuneConfig, build_backbone, embed_chips, embedding_model, finetune
 
     chips = tiny_chips[0]
     keras.utils.set_random_seed(0)
@@ -77,7 +77,7 @@ def test_vgg16_face_with_all_but_the_last_layers_frozen_takes_a_step(tiny_chips)
     import keras
 
     from model.backbones import build_vgg_face
-    from model.finetune import FinetuneConfig, embedding_model, finetune, freeze_all_but_last
+    from model.training.finetune import FinetuneConfig, embedding_model, finetune, freeze_all_but_last
 
     keras.utils.set_random_seed(0)
     backbone = build_vgg_face(include_top=False)
@@ -97,7 +97,7 @@ def test_vgg16_face_with_all_but_the_last_layers_frozen_takes_a_step(tiny_chips)
 
 
 def test_unknown_application_and_missing_vgg_weights_are_clear_errors(tmp_path):
-    from model.finetune import build_backbone
+    from model.training.finetune import build_backbone
 
     with pytest.raises(ValueError, match="keras.applications has no model"):
         build_backbone("NoSuchNet")
@@ -107,7 +107,7 @@ def test_unknown_application_and_missing_vgg_weights_are_clear_errors(tmp_path):
 
 def test_backbone_comparison_report_on_the_same_people(tiny_chips, tmp_path):
     from model.backbones import DlibResNet
-    from model.finetune import build_backbone, compare_backbones, embed_chips, embedding_model
+    from model.training.finetune import build_backbone, compare_backbones, embed_chips, embedding_model
 
     small, _, dlib_size = tiny_chips
     backbone, size, mode = build_backbone("MobileNetV2", None, input_size=64)
@@ -129,7 +129,7 @@ def test_vgg16_face_embedding_model_matches_backbone_plus_head():
     import keras
 
     from model.backbones import build_vgg_face, l2_normalise, vgg_face_preprocess
-    from model.export import vgg_face_embedding_model
+    from model.training.export import vgg_face_embedding_model
 
     keras.utils.set_random_seed(0)
     backbone = build_vgg_face(include_top=False)

@@ -55,3 +55,15 @@ def test_random_weights_round_trip_through_the_weights_file(tmp_path, with_top):
 def test_unknown_backbone_name_lists_the_choices():
     with pytest.raises(ValueError, match="dlib-resnet, vgg16-face"):
         get_backbone("resnet-9000")
+
+
+def test_the_weights_folder_is_passed_down_not_read_from_the_environment(tmp_path, monkeypatch):
+    from model.paths import DEFAULT_WEIGHTS_DIR
+    from model.recognizer import Recognizer
+
+    monkeypatch.setenv("FACES_WEIGHTS_DIR", str(tmp_path / "ignored"))  # only the app's settings read it
+    assert get_backbone("vgg16-face").weights_path == DEFAULT_WEIGHTS_DIR / "vgg_face_weights.h5"
+    assert get_backbone("vgg16-face", tmp_path).weights_path == tmp_path / "vgg_face_weights.h5"
+    recognizer = Recognizer("vgg16-face", weights_dir=tmp_path)
+    twin = recognizer.twin()
+    assert twin.weights_dir == tmp_path and twin.backbone.weights_path == tmp_path / "vgg_face_weights.h5"

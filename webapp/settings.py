@@ -48,6 +48,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE", "FACES_DATABASE", None, str, "SQLite file (default: <data dir>/faces.db)"),
     Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str, "feature network: dlib-resnet or vgg16-face"),
     Setting(
+        "WEIGHTS_DIR", "FACES_WEIGHTS_DIR", str(PROJECT_DIR / "weights"), str,
+        "weight files: VGG-Face, trained heads (see weights/README.md)",
+    ),
+    Setting(
         "THRESHOLD", "FACES_THRESHOLD", None, _optional_float,
         "cosine similarity needed to name a face (default: the head's own, else model.recognizer.DEFAULT_THRESHOLD)",
     ),
@@ -125,6 +129,14 @@ SETTINGS: tuple[Setting, ...] = (
         "LOGIN_LIMIT", "FACES_LOGIN_LIMIT", "5 per minute", str,
         "failed logins allowed per client address before 429 (Flask-Limiter syntax)",
     ),
+    Setting(
+        "SESSION_HOURS", "FACES_SESSION_HOURS", 12, float,
+        "a login lasts this many hours, then the browser or script logs in again",
+    ),
+    Setting(
+        "CACHE_DIR", "FACES_CACHE_DIR", str(Path.home() / ".cache" / "faces-app"), str,
+        "model.train / model.evaluate: where backbone features are cached between runs",
+    ),
 )
 
 
@@ -147,13 +159,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return config
 
 
+# Defaults that depend on where the project or the home folder is, as the README writes them.
+README_DEFAULTS = {
+    "DATA_DIR": "`data/` in the project",
+    "WEIGHTS_DIR": "`weights/` in the project",
+    "CACHE_DIR": "`~/.cache/faces-app`",
+}
+
+
 def markdown_table() -> str:
     """The settings as a README table (env var, default, meaning)."""
     rows = ["| env var | default | what it sets |", "|---|---|---|"]
     for setting in SETTINGS:
         if setting.env:
             default = "-" if setting.default is None else f"`{setting.default}`"
-            if setting.key == "DATA_DIR":
-                default = "`data/` in the project"
+            default = README_DEFAULTS.get(setting.key, default)
             rows.append(f"| `{setting.env}` | {default} | {setting.help} |")
     return "\n".join(rows)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.backbones import VGG_FACE_MEAN_BGR, Backbone
+from model.backbones import VGG_FACE_MEAN_BGR, Backbone, VGG16Face
 from model.head import EMBEDDING_DIM, Head
 
 
@@ -46,7 +46,8 @@ def vgg_face_embedding_model(backbone_model, head: Head):
     import keras
     from keras import ops
 
-    inputs = keras.Input((224, 224, 3), name="rgb_chips")
+    size = VGG16Face.chip_size
+    inputs = keras.Input((size, size, 3), name="rgb_chips")
     bgr = ops.flip(inputs, axis=-1) - ops.convert_to_tensor(VGG_FACE_MEAN_BGR)
     features = keras.layers.Flatten(name="features")(backbone_model(bgr))
     dense = keras.layers.Dense(EMBEDDING_DIM, use_bias=False, name="head")
@@ -84,9 +85,10 @@ def export_head(head: Head, folder: Path, backbone: Backbone | None = None) -> d
     :param backbone: a Backbone (loaded on demand); default: none, export the head alone.
     """
     keras_model = keras_backbone(backbone) if backbone is not None else None
-    if keras_model is not None and backbone.name == "vgg16-face":
+    if keras_model is not None and backbone.name == VGG16Face.name:
         model = vgg_face_embedding_model(keras_model, head)
-        note = "aligned RGB face chips 224x224 (align.face_chips, padding 0.3), values 0..255"
+        size, padding = VGG16Face.chip_size, VGG16Face.chip_padding
+        note = f"aligned RGB face chips {size}x{size} (align.face_chips, padding {padding}), values 0..255"
     else:
         model = head_model(head)
         note = (f"{head.backbone} backbone features [N, {head.kernel.shape[0]}] (Recognizer.features); "

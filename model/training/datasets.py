@@ -9,20 +9,19 @@ Two sources give the same `FeatureSet`:
   photo is recomputed; the rest load in milliseconds. With `augment=N` the cache
   also holds N augmented copies per photo (see `sampling.augment_photo`); they
   are the only way augmentation reaches a head trained on cached features.
-- `gallery_features(db)`: the app's SQLite database, read-only; its `photos`
-  table already stores each photo's backbone features. `gallery_corrections`
-  reads its "not this person" corrections, the trainer's extra hard negatives.
+- `gallery_features(db)`: the app's SQLite database, read-only, through
+  `webapp.people_store.read_training_photos` (the app owns its schema); each
+  photo's backbone features are stored there. `gallery_corrections` reads its
+  "not this person" corrections, the trainer's extra hard negatives.
 
-`gallery_from_features` is the model-side half of the app's "reload head"
-action: a new head applied to stored features gives a new gallery, without
-reading a single photo. Nothing here imports TensorFlow.
+`load_features` picks one of the two; `split_features` splits a FeatureSet by
+person. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,10 +31,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.gallery import Gallery
-from model.head import Head, load_head
+from model.training.sampling import augment_photo, split_people
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("FACES_CACHE_DIR", Path.home() / ".cache" / "faces-app"))
+# Where features are cached when the caller names no folder; the CLIs pass the
+# CACHE_DIR setting instead (FACES_CACHE_DIR, webapp/settings.py).
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "faces-app"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # Save the cache every this many newly computed photos, so an interrupted run resumes.
 SAVE_EVERY = 200
@@ -188,6 +188,7 @@ def dataset_features(
     augment: int = 0,
     seed: int = 0,
     flip: bool | None = None,
+    weights_dir: Path | None = None,
     progress: bool = True,
 ) -> FeatureSet:
     """Backbone features of every photo of a folder-per-person dataset, cached.
@@ -196,25 +197,26 @@ def dataset_features(
     :param backbone: backbone name; ignored when `recognizer` is given (its backbone is used).
     :param recognizer: a `Recognizer` to compute missing features with (default: a new one,
         loaded only when something is missing). Its backbone and flip setting are used.
-    :param cache_dir: where the .npz lives (default ~/.cache/faces-app, or $FACES_CACHE_DIR).
+    :param cache_dir: where the .npz lives (default DEFAULT_CACHE_DIR, ~/.cache/faces-app).
     :param augment: augmented copies per photo, cached too (copy i of a photo is always
         the same picture, drawn from `seed`); 0 for none.
     :param flip: average each face's features with its mirror image's, as the app does
         (default: the Recognizer's own default). Ignored when `recognizer` is given
         (its `flip` is used). Flipped and plain features are cached in separate files.
+    :param weights_dir: weight files for a new Recognizer (vgg16-face's; default model.paths').
     :return: a FeatureSet; unreadable photos are left out (reported on stderr).
     Cost: about 75 ms per new photo with dlib-resnet on one core (detection at upsample 1
     and 2 when needed, plus the ResNet), per augmented copy too; cached photos are free.
     """
     from model.images import ImageError, load_image
-    from model.sampling import augment_photo
 
     images = Path(images)
     listing = list_dataset(images, people, per_person)
     if recognizer is None:
         from model.recognizer import Recognizer
 
-        recognizer = Recognizer(backbone) if flip is None else Recognizer(backbone, flip=flip)  # loaded only if needed
+        options = {} if flip is None else {"flip": flip}
+        recognizer = Recognizer(backbone, weights_dir=weights_dir, **options)  # loaded only if needed
     backbone = recognizer.backbone.name
     path = cache_file(images, backbone, cache_dir, flip=recognizer.flip)
     cache = read_cache(path)
@@ -284,36 +286,21 @@ def _progress(total: int, desc: str, enabled: bool):
 # --- the app's database --------------------------------------------------------------
 
 
-def decode_features(blob: bytes, dim: int | None = None) -> NDArray[np.float32]:
-    """A little-endian float32 BLOB as stored in `photos.features` -> float32 [D]."""
-    vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
-    if dim is not None and vector.shape[0] != dim:
-        raise ValueError(f"stored features are {vector.shape[0]}-D, expected {dim}-D")
-    return vector
-
-
 def gallery_features(db: Path, backbone: str = "dlib-resnet") -> FeatureSet:
     """Every enrolled photo's stored backbone features, from the app's SQLite database (read-only).
 
-    Reads `people(id, name)` and `photos(id, person_id, features, backbone)`; photos of
-    other backbones or without features are skipped. Labels follow people sorted by name.
+    Photos of other backbones or without features are skipped. Labels follow people sorted by name.
+    :raises FileNotFoundError: no such file. ValueError: no photo of that backbone has features.
     """
+    from webapp.people_store import read_training_photos
+
     db = Path(db)
-    if not db.exists():
-        raise FileNotFoundError(f"no database at {db}")
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT photos.id, people.name, photos.features FROM photos "
-            "JOIN people ON people.id = photos.person_id "
-            "WHERE photos.backbone = ? AND photos.features IS NOT NULL "
-            "ORDER BY people.name, photos.id",
-            (backbone,),
-        ).fetchall()
+    rows = read_training_photos(db, backbone)
     if not rows:
         raise ValueError(f"no {backbone} photos with stored features in {db}")
     names = sorted({name for _, name, _ in rows})
     label_of = {name: i for i, name in enumerate(names)}
-    features = np.stack([decode_features(blob) for _, _, blob in rows])
+    features = np.stack([vector for _, _, vector in rows]).astype(np.float32)
     labels = np.array([label_of[name] for _, name, _ in rows], dtype=np.int64)
     return FeatureSet(features, labels, names, [f"photo:{pid}" for pid, _, _ in rows], backbone, source=str(db))
 
@@ -327,65 +314,85 @@ def gallery_corrections(
     :return: (features float32 [C, D], labels int64 [C]: the index into `names` of the person each face is NOT).
     A database from before corrections existed gives none.
     """
+    from webapp.people_store import read_training_corrections
+
     label_of = {name: i for i, name in enumerate(names)}
-    with sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True) as conn:
-        try:
-            rows = conn.execute(
-                "SELECT people.name, corrections.features FROM corrections "
-                "JOIN people ON people.id = corrections.person_id "
-                "WHERE corrections.backbone = ? ORDER BY corrections.id",
-                (backbone,),
-            ).fetchall()
-        except sqlite3.OperationalError:  # no corrections table yet
-            rows = []
-    rows = [(name, blob) for name, blob in rows if name in label_of]
+    rows = [(name, vector) for name, vector in read_training_corrections(Path(db), backbone) if name in label_of]
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    features = np.stack([decode_features(blob) for _, blob in rows])
+    features = np.stack([vector for _, vector in rows]).astype(np.float32)
     return features, np.array([label_of[name] for name, _ in rows], dtype=np.int64)
 
 
-# --- live pick-up of a new head ---------------------------------------------------------
+# --- choosing and splitting -------------------------------------------------------------
 
 
-def gallery_from_features(
-    head: Head,
-    photo_ids: Sequence[int],
-    person_ids: Sequence[int],
-    features: NDArray[np.float32] | Sequence[bytes],
-) -> tuple[Gallery, NDArray[np.float32]]:
-    """Apply a (new) head to stored backbone features and build a complete new gallery.
+@dataclass
+class Split:
+    """A FeatureSet split by person. val and test hold real photos only (no augmented copies)."""
 
-    :param features: float32 [M, D] array, or M float32 BLOBs as stored in `photos.features`.
-    :return: (gallery, embeddings float32 [M, 128] in the given order, for writing back to
-        `photos.embedding`). Plain numpy; about 1 ms per 1000 photos.
+    train: FeatureSet
+    val: FeatureSet
+    test: FeatureSet | None = None
+
+    def summary(self) -> dict:
+        def people(fs: FeatureSet | None) -> int:
+            return 0 if fs is None else int(len(np.unique(fs.labels)))
+
+        return {
+            "train_people": people(self.train),
+            "train_photos": int((~self.train.augmented).sum()),
+            "train_augmented": int(self.train.augmented.sum()),
+            "val_people": people(self.val),
+            "val_photos": len(self.val),
+            "test_people": people(self.test),
+            "test_photos": 0 if self.test is None else len(self.test),
+        }
+
+
+def load_features(
+    images: Path | None = None,
+    gallery: Path | None = None,
+    *,
+    backbone: str = "dlib-resnet",
+    cache_dir: Path | None = None,
+    people: int | None = None,
+    per_person: int | None = None,
+    augment: int = 0,
+    flip: bool | None = None,
+    recognizer=None,
+    weights_dir: Path | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Features from a folder-per-person dataset (cached) or from the app's database.
+
+    Train on the features the app uses: flip averaging follows the Recognizer's default
+    unless `flip` says otherwise (the gallery stores whatever the app computed).
     """
-    dim = head.kernel.shape[0]
-    if len(features) and isinstance(features[0], (bytes, bytearray, memoryview)):
-        features = np.stack([decode_features(bytes(blob), dim) for blob in features])
-    features = np.asarray(features, dtype=np.float32).reshape(-1, dim)
-    embeddings = head(features) if len(features) else np.zeros((0, head.kernel.shape[1]), np.float32)
-    gallery = Gallery(dim=head.kernel.shape[1], capacity=max(256, len(embeddings)))
-    gallery.add_many(zip((int(p) for p in photo_ids), (int(p) for p in person_ids), embeddings))
-    return gallery, embeddings
+    if (images is None) == (gallery is None):
+        raise ValueError("give exactly one of images (a folder per person) or gallery (the app's database)")
+    if gallery is not None:
+        if augment:
+            raise ValueError("augmentation needs the photos; the gallery stores features only")
+        return gallery_features(Path(gallery), backbone)
+    return dataset_features(
+        Path(images), backbone=backbone, recognizer=recognizer, cache_dir=cache_dir, people=people,
+        per_person=per_person, augment=augment, flip=flip, weights_dir=weights_dir, progress=progress,
+    )
 
 
-def reload_head(
-    backbone: str,
-    dim: int,
-    photo_ids: Sequence[int],
-    person_ids: Sequence[int],
-    features: NDArray[np.float32] | Sequence[bytes],
-    path: Path | None = None,
-) -> tuple[Head, Gallery, NDArray[np.float32]]:
-    """Everything the app's "reload head" action needs, built off to the side.
+def split_features(
+    features: FeatureSet, *, val_fraction: float = 0.25, test_fraction: float = 0.0, seed: int = 0
+) -> Split:
+    """Split by person (see `sampling.split_people`); augmented copies stay only in train.
 
-    Loads the head file (default weights/head_<backbone>.h5; its sidecar gives
-    `head.threshold`), applies it to the stored features and builds the new gallery.
-    The caller then swaps both in (`recognizer.set_head(head)`, then the gallery, in
-    one assignment each) and may write the embeddings back to `photos.embedding`.
-    :raises ValueError / HeadUnavailable: as `load_head`; nothing is swapped then.
+    The split is drawn from the real photos alone, so adding augmented copies does not move anyone.
     """
-    head = load_head(backbone, dim, path=path)
-    gallery, embeddings = gallery_from_features(head, photo_ids, person_ids, features)
-    return head, gallery, embeddings
+    real = ~features.augmented
+    parts = split_people(features.labels[real], val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    train, val, test = (np.isin(features.labels, features.labels[real][part]) for part in parts)
+    return Split(
+        features.subset(train),
+        features.subset(val & real),
+        features.subset(test & real) if test.any() else None,
+    )

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model import metrics
-from model.feature_cache import FeatureSet
 from model.head import Head
+from model.training import metrics
+from model.training.datasets import FeatureSet
+from model.training.heads import REPORT_FARS, initial_head
 
-REPORT_FARS = (1e-2, 1e-3, 1e-4)
+# Identification report of a head without a threshold (no validation pairs to set one on).
+UNSET_THRESHOLD = 0.5
 Scores = tuple[NDArray[np.float64], NDArray[np.float64]]  # (genuine, impostor)
 
 
@@ -306,14 +308,12 @@ def plot_comparison(rows: Mapping[str, Mapping[str, float]], path: Path, fars: S
 
 
 def write_all(folder: Path, result, split, *, images: Path | None = None, groups: Path | None = None) -> list[Path]:
-    """All reports for one training run (a `train.TrainResult` and its `train.Split`), as PNG and JSON.
+    """All reports for one training run (a `train.TrainResult` and its `datasets.Split`), as PNG and JSON.
 
     Writes roc_det.png (before and after), training.png, projection.png (after),
     hardest.png (after), identification.json and, with a groups CSV, groups.json.
     """
     import json
-
-    from model.train import initial_head
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -326,7 +326,7 @@ def write_all(folder: Path, result, split, *, images: Path | None = None, groups
     embeddings = result.head(val.features)
     written.append(plot_projection(embeddings, val.labels, val.names, folder / "projection.png"))
     written.append(plot_hardest(hardest_wrong_matches(embeddings, val.labels, val.paths), images, folder / "hardest.png"))
-    threshold = result.head.threshold if result.head.threshold is not None else 0.5
+    threshold = result.head.threshold if result.head.threshold is not None else UNSET_THRESHOLD
     rows, overall = identification_report(embeddings, val.labels, val.names, threshold)
     path = folder / "identification.json"
     path.write_text(json.dumps({"overall": overall, "people": rows}, indent=1))
