@@ -39,11 +39,61 @@ if ! ls "$WHEELS"/dlib-"$DLIB_VERSION"-*.whl >/dev/null 2>&1; then
   CFLAGS="$flags" CXXFLAGS="$flags" .venv/bin/pip wheel -q --no-cache-dir --no-deps -w "$WHEELS" "dlib==$DLIB_VERSION"
 fi
 
+# requirements.lock: every package the two requirement files pull in, at the version last tested.
+# It is a constraints file (-c): it pins versions, installs nothing by itself.
+# FACES_REFRESH_LOCK=1 installs the newest versions the requirement files allow and rewrites it.
+write_lock() {
+  {
+    sed -n '/^#/p' requirements.lock 2>/dev/null || true
+    .venv/bin/python - requirements.txt requirements-dev.txt <<'PY'
+import sys
+from importlib import metadata
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+todo = []
+for path in sys.argv[1:]:
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            todo.append((Requirement(line), {""}))
+found = {}  # canonical name -> (name, version, extras followed)
+while todo:
+    req, parent_extras = todo.pop()
+    if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in parent_extras):
+        continue
+    try:
+        dist = metadata.distribution(req.name)
+    except metadata.PackageNotFoundError:
+        continue
+    key = canonicalize_name(req.name)
+    done = found.get(key, (None, None, None))[2]
+    extras = set(req.extras) | {""}
+    if done is not None and extras <= done:
+        continue
+    found[key] = (dist.metadata["Name"], dist.version, extras | (done or set()))
+    todo.extend((Requirement(dep), extras) for dep in dist.requires or [])
+for key in sorted(found.keys() - {"pip", "setuptools", "wheel"}):  # left to the venv, as pip freeze does
+    name, version, _ = found[key]
+    print(f"{name}=={version}")
+PY
+  } > requirements.lock.new
+  mv requirements.lock.new requirements.lock
+  echo "setup: wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages); run ./test.sh before committing it" >&2
+}
+
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt requirements-dev.txt "$WHEELS"/dlib-"$DLIB_VERSION"-*.whl | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=$(cat requirements.txt requirements-dev.txt requirements.lock "$WHEELS"/dlib-"$DLIB_VERSION"-*.whl | sha256sum | cut -d' ' -f1)
+if [ "${FACES_REFRESH_LOCK:-0}" = 1 ]; then
+  echo "setup: upgrading Python packages within requirements*.txt, then rewriting requirements.lock" >&2
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q --upgrade --find-links "$WHEELS" -r requirements.txt -r requirements-dev.txt
+  write_lock
+  cat requirements.txt requirements-dev.txt requirements.lock "$WHEELS"/dlib-"$DLIB_VERSION"-*.whl | sha256sum | cut -d' ' -f1 > "$stamp"
+elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages" >&2
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q --find-links "$WHEELS" -r requirements.txt -r requirements-dev.txt
+  .venv/bin/pip install -q --find-links "$WHEELS" -r requirements.txt -r requirements-dev.txt -c requirements.lock
   echo "$want" > "$stamp"
 fi

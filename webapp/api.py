@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from flask import Blueprint, current_app, jsonify, request
@@ -12,7 +11,8 @@ from model.images import ImageError, decode_image
 from model.quality import POSES
 from webapp import people_store
 from webapp.db import get_db
-from webapp.payloads import enrollment_json, face_json, faces_json, person_json, photo_json, read_uploads
+from webapp.payloads import enrollment_json, face_json, faces_json, person_json, photo_json, read_box, read_uploads
+from webapp.security import parse_row_id
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -145,12 +145,10 @@ def add_correction():
     """
     db = get_db()
     try:
-        person_id = int(request.form.get("person_id", ""))
-        box = [int(v) for v in json.loads(request.form.get("box", ""))]
-    except (TypeError, ValueError):
-        raise BadRequest('expected person_id (a number) and box (JSON [left, top, right, bottom])') from None
-    if len(box) != 4:
-        raise BadRequest("box must be [left, top, right, bottom]")
+        person_id = parse_row_id(request.form.get("person_id", ""))
+    except ValueError:
+        raise BadRequest("expected person_id (a person's id) and box (JSON [left, top, right, bottom])") from None
+    box = read_box()
     people_store.get_person(db, person_id)
     upload = request.files.get("image")
     if upload is None:

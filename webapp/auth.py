@@ -2,19 +2,29 @@
 
 The password's hash (werkzeug's scrypt) is kept in the data dir beside the
 secret key, in `admin_password`. Until one is set, every page leads to the
-set-password page, which answers only to browsers on this machine, and the API
-answers 401; FACES_ADMIN_PASSWORD sets it at start for headless set-ups.
+set-password page and the API answers 401; FACES_ADMIN_PASSWORD sets it at
+start for headless set-ups. The set-password page answers a browser on this
+machine (loopback peer, loopback Host header, no proxy headers), or anyone
+with the one-time setup token the server logs at start while no password is set.
 
-A session remembers a fingerprint of the hash, so a new password logs out
-every session. Without a session, /api/* and JSON requests get 401 with
-{"error": ...}; pages redirect to the login page. Failed logins are limited per
-client address (LOGIN_LIMIT, default 5 per minute), then 429 with Retry-After.
+Each login gets a random session id; the data dir's `sessions` file keeps a
+hash of each live one with the time it was made. Logging out removes that
+session's id, "log out everywhere" and a new password remove them all, and a
+login ends SESSION_HOURS after it was made: a cookie whose id is not there is
+refused. A session also remembers a fingerprint of the password's hash.
+Without a session, /api/* and JSON requests get 401 with {"error": ...}; pages
+redirect to the login page. Failed logins are limited per client address
+(LOGIN_LIMIT, default 5 per minute), then 429 with Retry-After.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import secrets
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,21 +35,29 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from webapp.errors import error_response, wants_json
 from webapp.extensions import csrf, limiter
-from webapp.security import is_loopback, write_private
+from webapp.security import SecurityHeaders, from_this_machine, write_private
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
 PASSWORD_FILE = "admin_password"
+SESSIONS_FILE = "sessions"
+SETUP_TOKEN = "setup_token"  # app.extensions key; the token itself is only in the server log
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # longer input is refused before hashing
 SESSION_KEY = "admin"
+SESSION_ID_KEY = "sid"
+MAX_SESSIONS = 1000  # live logins kept; the oldest go first
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.api_login", "auth.setup", "static"})
 
 NOT_SET = (
     "no admin password is set yet: open the app in a browser on the server's machine, "
     "or start it with FACES_ADMIN_PASSWORD"
+)
+SETUP_ELSEWHERE = (
+    "no admin password is set yet. Set it from a browser on the server's machine (http://localhost:<port>/setup), "
+    "or open /setup?token=... with the setup token from the server log, or start the server with FACES_ADMIN_PASSWORD"
 )
 LOGIN_NEEDED = "please log in"
 WRONG_PASSWORD = "wrong password"
@@ -83,11 +101,17 @@ def password_problem(password: object) -> str | None:
 
 
 def set_password(data_dir: Path, password: str, *, replace: bool) -> bool:
-    """Store a hash of password; with replace=False only when none is set yet. Returns whether it was stored."""
+    """Store a hash of password; with replace=False only when none is set yet. Returns whether it was stored.
+
+    A stored password ends every session.
+    """
     problem = password_problem(password)
     if problem:
         raise ValueError(problem)
-    return write_private(password_path(data_dir), generate_password_hash(password) + "\n", replace=replace)
+    stored = write_private(password_path(data_dir), generate_password_hash(password) + "\n", replace=replace)
+    if stored:
+        end_all_sessions(data_dir)
+    return stored
 
 
 def check_password(password: object) -> bool:
@@ -101,18 +125,98 @@ def _fingerprint(hashed: str) -> str:
     return hashlib.sha256(hashed.encode()).hexdigest()[:32]
 
 
-# --- sessions ----------------------------------------------------------------------
+# --- sessions: the live ones are listed in the data dir --------------------------------
+
+_sessions_lock = threading.Lock()  # one writer of the sessions file at a time
+
+
+def _now() -> float:
+    return time.time()
+
+
+def sessions_path(data_dir: Path) -> Path:
+    return Path(data_dir) / SESSIONS_FILE
+
+
+def _digest(session_id: str) -> str:
+    """What the file keeps of a session id: reading the file gives no usable cookie."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _read_sessions(data_dir: Path) -> dict[str, float]:
+    """Live sessions: id digest -> when the login was made (Unix time). A damaged line counts as no session."""
+    try:
+        text = sessions_path(data_dir).read_text()
+    except FileNotFoundError:
+        return {}
+    live = {}
+    for line in text.splitlines():
+        digest, _, started = line.partition(" ")
+        try:
+            live[digest] = float(started)
+        except ValueError:
+            continue
+    return live
+
+
+def _write_sessions(data_dir: Path, live: dict[str, float]) -> None:
+    newest = sorted(live.items(), key=lambda item: item[1])[-MAX_SESSIONS:]
+    write_private(sessions_path(data_dir), "".join(f"{digest} {started:.3f}\n" for digest, started in newest),
+                  replace=True)
+
+
+def _lifetime_s() -> float:
+    return current_app.permanent_session_lifetime.total_seconds()
+
+
+def _add_session(data_dir: Path, session_id: str) -> None:
+    now, lifetime = _now(), _lifetime_s()
+    with _sessions_lock:
+        live = {d: t for d, t in _read_sessions(data_dir).items() if now - t < lifetime}
+        live[_digest(session_id)] = now
+        _write_sessions(data_dir, live)
+
+
+def _end_session(data_dir: Path, session_id: object) -> None:
+    if not isinstance(session_id, str):
+        return
+    with _sessions_lock:
+        live = _read_sessions(data_dir)
+        if live.pop(_digest(session_id), None) is not None:
+            _write_sessions(data_dir, live)
+
+
+def end_all_sessions(data_dir: Path) -> int:
+    """Log out every browser and script; returns how many live sessions there were."""
+    with _sessions_lock:
+        count = len(_read_sessions(data_dir))
+        if count or sessions_path(data_dir).exists():
+            _write_sessions(data_dir, {})
+    return count
 
 
 def logged_in() -> bool:
-    """Whether this request's session belongs to the admin (also in Socket.IO handlers)."""
+    """Whether this request's session belongs to the admin (also in Socket.IO handlers).
+
+    The session must carry the current password's fingerprint and a session id
+    that is still listed, and be younger than SESSION_HOURS.
+    """
     hashed = stored_hash()
-    return hashed is not None and session.get(SESSION_KEY) == _fingerprint(hashed)
+    if hashed is None or session.get(SESSION_KEY) != _fingerprint(hashed):
+        return False
+    session_id = session.get(SESSION_ID_KEY)
+    if not isinstance(session_id, str):
+        return False
+    started = _read_sessions(current_app.config["DATA_DIR"]).get(_digest(session_id))
+    return started is not None and 0 <= _now() - started < _lifetime_s()
 
 
 def _start_session() -> None:
     session.clear()  # a fresh session (and CSRF token) at every login
+    session_id = secrets.token_urlsafe(32)
+    _add_session(current_app.config["DATA_DIR"], session_id)
     session[SESSION_KEY] = _fingerprint(stored_hash())
+    session[SESSION_ID_KEY] = session_id
     session.permanent = True
 
 
@@ -177,6 +281,8 @@ def api_login():
 
 @bp.post("/logout")
 def logout():
+    """End this session: its cookie, kept or copied, no longer logs anyone in."""
+    _end_session(current_app.config["DATA_DIR"], session.get(SESSION_ID_KEY))
     session.clear()
     if wants_json():
         return jsonify(logged_in=False)
@@ -184,25 +290,51 @@ def logout():
     return redirect(url_for("auth.login"))
 
 
+@bp.post("/api/logout-all")
+@bp.post("/logout-all")  # registered first, so url_for gives the page's address
+def logout_all():
+    """End every session, on every browser and script (this one too)."""
+    ended = end_all_sessions(current_app.config["DATA_DIR"])
+    session.clear()
+    log.info("logged out everywhere: %d session(s) ended", ended)
+    if wants_json():
+        return jsonify(logged_in=False, sessions_ended=ended)
+    flash(f"You are logged out everywhere ({ended} session(s) ended).", "ok")
+    return redirect(url_for("auth.login"))
+
+
+def _setup_token_given() -> str | None:
+    """The setup token this request carries (?token= or the form's field) when it is the right one."""
+    token = current_app.extensions.get(SETUP_TOKEN)
+    given = request.values.get("token", "")
+    if token and isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode()):
+        return given
+    return None
+
+
 @bp.route("/setup", methods=["GET", "POST"])
 def setup():
-    """First start: choose the admin password. Only while none is set, and only from this machine."""
+    """First start: choose the admin password. Only while none is set; from this machine, or with the setup token."""
     if stored_hash() is not None:
         return redirect(url_for("auth.login"))
-    if not is_loopback(request.remote_addr or ""):
-        raise Forbidden(NOT_SET)
+    token = _setup_token_given()
+    if token is None and not from_this_machine():
+        log.warning("set-up page refused: peer %s, Host %r, no valid setup token", request.remote_addr, request.host)
+        raise Forbidden(SETUP_ELSEWHERE)
+    page = {"min_length": MIN_PASSWORD_LENGTH, "token": token}
     if request.method == "GET":
-        return render_template("auth/setup.html", error=None, min_length=MIN_PASSWORD_LENGTH)
+        return render_template("auth/setup.html", error=None, **page)
     password = request.form.get("password", "")
     error = password_problem(password)
     if not error and password != request.form.get("confirm", ""):
         error = "the two passwords differ"
     if error:
-        return render_template("auth/setup.html", error=error, min_length=MIN_PASSWORD_LENGTH), 400
+        return render_template("auth/setup.html", error=error, **page), 400
     if not set_password(current_app.config["DATA_DIR"], password, replace=False):
         flash("The admin password was set meanwhile, from elsewhere; log in with it.", "error")
         return redirect(url_for("auth.login"))
-    log.info("admin password set from the set-up page")
+    log.info("admin password set from the set-up page (%s)", "with the setup token" if token else "this machine")
+    current_app.extensions.pop(SETUP_TOKEN, None)
     _start_session()
     flash("The admin password is set, and you are logged in.", "ok")
     return redirect(url_for("index"))
@@ -232,8 +364,12 @@ class SocketGate:
 
 
 def gate_socketio(app: Flask) -> None:
-    """Put SocketGate in front of the app; call after socketio.init_app (which wraps app.wsgi_app itself)."""
-    app.wsgi_app = SocketGate(app, app.wsgi_app)
+    """Put SocketGate, then the security headers, in front of the app.
+
+    Call after socketio.init_app (which wraps app.wsgi_app itself), so that
+    every answer, Engine.IO's and the gate's too, gets the headers.
+    """
+    app.wsgi_app = SecurityHeaders(SocketGate(app, app.wsgi_app))
 
 
 def init_app(app: Flask) -> None:
@@ -253,7 +389,14 @@ def init_app(app: Flask) -> None:
             set_password(app.config["DATA_DIR"], password, replace=True)
             log.info("admin password set from FACES_ADMIN_PASSWORD")
     elif stored_hash(app.config["DATA_DIR"]) is None:
-        log.warning("no admin password is set: open the app in a browser on this machine to choose one")
+        token = secrets.token_urlsafe(16)
+        app.extensions[SETUP_TOKEN] = token
+        log.warning(
+            "no admin password is set: open the app in a browser on this machine to choose one, or from "
+            "elsewhere open /setup?token=<the token> (setup token: %s; it works until the password is set or "
+            "the server stops)",
+            token,
+        )
     app.before_request_funcs.setdefault(None, []).insert(0, require_login)  # first: 401 before CSRF or Origin
     app.context_processor(lambda: {"logged_in": logged_in})
     app.register_blueprint(bp)

@@ -6,6 +6,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 
 from webapp import inbox_store, people_store
 from webapp.db import DuplicateName, InvalidName, NotFound, get_db
+from webapp.security import MAX_IDS, parse_row_id
 
 bp = Blueprint("inbox", __name__)
 
@@ -15,8 +16,11 @@ def _service():
 
 
 def _face_ids() -> list[int]:
+    values = request.form.getlist("face")
+    if len(values) > MAX_IDS:
+        abort(400, f"too many faces at once ({len(values)}; at most {MAX_IDS}): choose fewer")
     try:
-        ids = [int(value) for value in request.form.getlist("face")]
+        ids = [parse_row_id(value) for value in values]
     except ValueError:
         abort(400, "face ids must be numbers")
     if not ids:
@@ -43,7 +47,7 @@ def name():
 @bp.post("/inbox/add")
 def add():
     try:
-        person_id = int(request.form.get("person_id", ""))
+        person_id = parse_row_id(request.form.get("person_id", ""))
     except ValueError:
         flash("Not added: please choose a person.", "error")
         return redirect(url_for("inbox.inbox"))
@@ -88,7 +92,7 @@ def history():
         filters["unknown"] = True
     elif person:
         try:
-            filters["person_id"] = int(person)
+            filters["person_id"] = parse_row_id(person)
         except ValueError:
             abort(400, "person must be a number or 'unknown'")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import sqlite3
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ PHOTOS_FIELD = "photos"
 # by an earlier "several faces" answer to enroll (from 0, largest face first).
 FACE_FIELD = "face_{}"
 MAX_FACE_DIGITS = 4
+# A box coordinate past this many pixels is refused (decoded frames are at most 1600 wide).
+MAX_BOX_COORD = 1_000_000
 
 
 def read_uploads(field: str = PHOTOS_FIELD) -> list[Upload]:
@@ -35,6 +38,32 @@ def read_uploads(field: str = PHOTOS_FIELD) -> list[Upload]:
         face_index = int(raw) if raw else None
         uploads.append(Upload(file=storage.filename or f"photo {i + 1}", data=storage.read(), face_index=face_index))
     return uploads
+
+
+def read_box(field: str = "box") -> list[int]:
+    """A face box [left, top, right, bottom] from a form field holding JSON.
+
+    Four finite numbers within MAX_BOX_COORD, truncated to int. A bare
+    json.loads let NaN, 1e999 (OverflowError in int()) and deep nesting
+    (RecursionError) through as 500s.
+    :raises BadRequest: anything else.
+    """
+    problem = BadRequest(f"{field} must be JSON [left, top, right, bottom]: four numbers of pixels")
+    try:
+        value = json.loads(request.form.get(field, ""), parse_constant=_not_a_number)
+    except (ValueError, RecursionError):
+        raise problem from None
+    if not isinstance(value, list) or len(value) != 4:
+        raise problem
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise problem
+    if not all(math.isfinite(v) and abs(v) <= MAX_BOX_COORD for v in value):
+        raise problem
+    return [int(v) for v in value]
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a number")
 
 
 def face_json(recognition: Recognition, names: Mapping[int, str]) -> dict:

@@ -20,6 +20,7 @@ from model.gallery import Gallery
 from model.head import load_head
 from webapp import files
 from webapp.db import DuplicateName, InvalidName, NotFound, flush_deleted, from_blob, to_blob, transaction
+from webapp.names import normalise_name
 from webapp.service import Candidate, FaceService
 
 MAX_NAME_LENGTH = 100
@@ -47,9 +48,13 @@ def clean_name(raw: object) -> str:
     """Trim a person's name; refuse empty, overlong, invisible, control characters and broken text."""
     if not isinstance(raw, str):
         raise InvalidName("the name must be text")
-    name = " ".join(raw.split())
+    try:
+        normal = normalise_name(raw)  # NFKC, no invisible characters, paired direction controls only
+    except ValueError as exc:
+        raise InvalidName(str(exc)) from None
+    name = " ".join(normal.split())
     if not name:
-        raise InvalidName("please enter a name")
+        raise InvalidName("please enter a name with visible characters" if raw.strip() else "please enter a name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"the name is too long ({len(name)} characters; at most {MAX_NAME_LENGTH})")
     categories = {unicodedata.category(ch) for ch in name}

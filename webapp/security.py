@@ -7,6 +7,9 @@ rule for every path is simpler to check than exemptions: SameSite=Lax alone
 does not stop another site on the same host (any port counts as the same
 site), and a cross-site form can post multipart uploads without a preflight.
 The Origin check in webapp/errors.py stays as a second fence.
+
+Every response, the socket gate's and Engine.IO's included, forbids framing
+(X-Frame-Options, CSP frame-ancestors) and MIME sniffing (`SecurityHeaders`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from limits import parse_many
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.routing import IntegerConverter
 
 from webapp.extensions import csrf, limiter
@@ -30,16 +35,76 @@ from webapp.extensions import csrf, limiter
 SESSION_COOKIE_NAME = "faces_session"
 # SQLite's INTEGER range; a larger id in a URL is a 404, not an OverflowError.
 MAX_ROW_ID = 2**63 - 1
+# Ids one form may carry (inbox `face=`); SQLite allows 32766 variables in one statement.
+MAX_IDS = 10_000
+ASCII_DIGITS = re.compile(r"[0-9]+")
+# Sent with every response: no page of ours may be framed by another site, and no file sniffed into HTML.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class RowId(IntegerConverter):
-    """The `<int:...>` route converter: an id beyond MAX_ROW_ID is a 404 (werkzeug's own `max` gives 405s)."""
+    """The `<int:...>` route converter: ASCII digits only, and an id beyond MAX_ROW_ID is a 404.
+
+    werkzeug's own pattern also matched other scripts' digits ("DELETE /api/people/١"
+    deleted person 1), and its `max` gives 405s.
+    """
+
+    regex = r"[0-9]+"
 
     def to_python(self, value: str) -> int:
         number = super().to_python(value)
         if number > MAX_ROW_ID:
             raise NotFound("there is nothing with that id")
         return number
+
+
+def parse_row_id(text: object) -> int:
+    """An id from a form or query field: ASCII digits only, within SQLite's INTEGER range.
+
+    :raises ValueError: anything else ("١", " 1", "+1", "1e3", 10**20, not text).
+    """
+    if not isinstance(text, str) or not ASCII_DIGITS.fullmatch(text) or len(text) > len(str(MAX_ROW_ID)):
+        raise ValueError(f"not an id: {str(text)[:20]!r}")
+    number = int(text)
+    if number > MAX_ROW_ID:
+        raise ValueError(f"not an id: {text[:20]!r}")
+    return number
+
+
+def refuse_nameless_fields() -> None:
+    """before_request, ahead of the CSRF check: a multipart part without a name is a 400.
+
+    Flask-WTF's token lookup (and our views) expect every form key to be text;
+    werkzeug files a part without `name=` under None, which raised AttributeError (500).
+    """
+    if request.mimetype != "multipart/form-data":
+        return
+    if None in request.form or None in request.files:
+        raise BadRequest("every part of a multipart form needs a name")
+
+
+class SecurityHeaders:
+    """WSGI middleware: SECURITY_HEADERS on every response, including those answered before Flask.
+
+    Put it outermost (webapp.auth.gate_socketio does), so the socket gate's
+    401s and Engine.IO's answers get them too. A header a view set itself is kept.
+    """
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        def start(status, headers, exc_info=None):
+            present = {name.lower() for name, _ in headers}
+            headers = list(headers) + [(name, value) for name, value in SECURITY_HEADERS.items()
+                                       if name.lower() not in present]
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, start)
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -55,12 +120,16 @@ class JSONProvider(DefaultJSONProvider):
 def init_app(app: Flask) -> None:
     """Cookie, CSRF and rate-limit settings, then the extensions. Call before registering blueprints.
 
-    :raises ValueError: LOGIN_LIMIT (FACES_LOGIN_LIMIT) is not a rate like "5 per minute".
+    :raises ValueError: LOGIN_LIMIT (FACES_LOGIN_LIMIT) is not a rate like "5 per minute", or
+        SESSION_HOURS (FACES_SESSION_HOURS) is not more than 0.
     """
     try:
         parse_many(app.config["LOGIN_LIMIT"])
     except ValueError:
         raise ValueError(f"FACES_LOGIN_LIMIT={app.config['LOGIN_LIMIT']!r} is not a rate like '5 per minute'") from None
+    hours = app.config["SESSION_HOURS"]
+    if not hours > 0:
+        raise ValueError(f"FACES_SESSION_HOURS={hours!r}: a login must last more than 0 hours")
     app.url_map.converters["int"] = RowId
     app.json = JSONProvider(app)
     app.config.update(
@@ -68,6 +137,8 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=bool(app.config["BEHIND_TLS"]),
+        # The cookie's own limit; webapp/auth.py also ends a login this long after it was made.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=hours),
     )
     for key, value in {  # tests may override these
         # A token lives as long as the session: a person's page may stay open for hours.
@@ -77,6 +148,7 @@ def init_app(app: Flask) -> None:
         "RATELIMIT_HEADERS_ENABLED": True,  # Retry-After on the 429
     }.items():
         app.config.setdefault(key, value)
+    app.before_request(refuse_nameless_fields)  # before CSRFProtect's own hook, which trips over them
     csrf.init_app(app)
     limiter.init_app(app)
 
@@ -110,6 +182,31 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+# Headers a proxy adds; a request carrying one came through a proxy, whatever its peer address says.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP")
+
+
+def host_name(host: str) -> str:
+    """The name or address in a Host header, without the port: "[::1]:5000" -> "::1", "localhost:80" -> "localhost"."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def from_this_machine() -> bool:
+    """Whether this request comes straight from a browser on this machine.
+
+    The peer and the Host header must both be loopback (a DNS-rebinding page
+    reaches 127.0.0.1 but sends its own host name), and no proxy header may be
+    present. Forwarded headers are never believed, only taken as a sign of a proxy.
+    """
+    if not is_loopback(request.remote_addr or ""):
+        return False
+    if not is_loopback(host_name(request.host)):
+        return False
+    return not any(name in request.headers for name in FORWARDING_HEADERS)
 
 
 def bind_warning(host: str, behind_tls: bool) -> str | None:

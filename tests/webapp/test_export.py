@@ -16,7 +16,7 @@ from webapp.db import from_blob
 from webapp.db import connect
 
 # What the data dir holds besides people's data.
-INSTANCE_FILES = {"faces.db", "faces.db-wal", "faces.db-shm", "secret_key", "admin_password"}
+INSTANCE_FILES = {"faces.db", "faces.db-wal", "faces.db-shm", "secret_key", "admin_password", "sessions"}
 
 
 @pytest.fixture
