@@ -1,14 +1,18 @@
-"""Cut aligned face chips out of a frame, using the 5 landmarks found by `detect.py`.
+"""Cut aligned face chips out of a frame, using the landmarks found by `detect.py`.
 
 dlib's chip extractor rotates and scales each face so the eyes and nose land
 on fixed positions, the alignment dlib's ResNet was trained with. VGG-16 takes
-bigger, slightly looser chips made the same way.
+bigger, slightly looser chips made the same way. SFace takes 112x112 chips in
+the ArcFace layout: a similarity transform putting the eyes, nose tip and
+mouth corners on a fixed template (YuNet's 5 points, or for HOG faces the
+eyes and nose from dlib's landmarks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -43,3 +47,32 @@ def face_chips(
 def mirrored(chips: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Left-right mirror images of a chip batch (for test-time flip averaging)."""
     return np.ascontiguousarray(chips[:, :, ::-1, :])
+
+
+# Where the ArcFace layout puts the 5 points in a 112x112 chip: eye centres (image left first),
+# nose tip, mouth corners (image left first). The numbers are the layout's published ones.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+ARCFACE_SIDE = 112
+
+
+def arcface_points(face: Face) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(points in the frame, the template points they go to): YuNet's 5, or eyes and nose from dlib's 5."""
+    if face.keypoints is not None:
+        return face.keypoints, ARCFACE_TEMPLATE
+    marks = face.landmarks  # dlib: two corners of one eye, two of the other, nose base
+    eyes = sorted([marks[0:2].mean(axis=0), marks[2:4].mean(axis=0)], key=lambda point: point[0])
+    return np.array([*eyes, marks[4]], dtype=np.float32), ARCFACE_TEMPLATE[:3]
+
+
+def arcface_chips(frame: NDArray[np.uint8], faces: Sequence[Face], *, size: int = ARCFACE_SIDE) -> NDArray[np.uint8]:
+    """Faces warped into the ArcFace layout: uint8 [N, size, size, 3] RGB (N = 0 gives an empty batch)."""
+    chips = np.zeros((len(faces), size, size, 3), dtype=np.uint8)
+    for i, face in enumerate(faces):
+        points, template = arcface_points(face)
+        matrix, _ = cv2.estimateAffinePartial2D(points, template * (size / ARCFACE_SIDE), method=cv2.LMEDS)
+        if matrix is not None:
+            chips[i] = cv2.warpAffine(np.ascontiguousarray(frame), matrix, (size, size), borderMode=cv2.BORDER_REPLICATE)
+    return chips

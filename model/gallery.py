@@ -22,12 +22,14 @@ class Match:
     margin: similarity minus the best similarity of any other person (equal to
         `similarity` when only one person is enrolled); small margins mean a coin toss.
     candidate_id: the best person regardless of the threshold (None for an empty gallery).
+    reason: why the face was not matched at all (e.g. too small to recognise), else None.
     """
 
     person_id: int | None
     similarity: float
     margin: float
     candidate_id: int | None = None
+    reason: str | None = None
 
 
 def match(

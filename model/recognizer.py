@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.align import face_chips, mirrored
-from model.backbones import Backbone, get_backbone, l2_normalise
-from model.detect import Face, FaceDetector, face_nearest_centre
+from model.backbones import Backbone, get_backbone
+from model.detect import Face, FaceDetector, face_nearest_centre, get_detector
 from model.gallery import Gallery, Match
 from model.head import Head, load_head
 
@@ -24,6 +23,8 @@ from model.head import Head, load_head
 # accepts a match: the false-accept rate 1e-3 point over all 18 million
 # cross-person photo pairs of ../shared/faces/celeba (see README, "Choosing the threshold").
 DEFAULT_THRESHOLD = 0.932
+# The face detector when none is named: 'yunet' or 'hog' (see model.detect).
+DEFAULT_DETECTOR = "hog"
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.
 DEFAULT_MIN_FACE = 60
 # Enrollment photos are detected at this upsampling (finds faces down to about 40 px), on a copy
@@ -58,6 +59,7 @@ class Recognizer:
     """detect -> align -> embed -> match, with one backbone and its head.
 
     :param backbone: a Backbone instance or name (default 'dlib-resnet').
+    :param detector: a FaceDetector instance or name ('yunet' or 'hog'; default DEFAULT_DETECTOR).
     :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
     :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
     :param weights_dir: folder of head files and VGG-Face's weights (default: model.paths.DEFAULT_WEIGHTS_DIR).
@@ -69,13 +71,13 @@ class Recognizer:
         self,
         backbone: Backbone | str = "dlib-resnet",
         head: Head | None = None,
-        detector: FaceDetector | None = None,
+        detector: FaceDetector | str | None = None,
         threshold: float | None = None,
         flip: bool = True,
         weights_dir: Path | None = None,
     ):
         self.backbone = get_backbone(backbone, weights_dir) if isinstance(backbone, str) else backbone
-        self.detector = detector or FaceDetector()
+        self.detector = get_detector(detector) if isinstance(detector, str) else detector or get_detector(DEFAULT_DETECTOR)
         self.head = head
         self._threshold = threshold
         self.flip = flip
@@ -126,11 +128,7 @@ class Recognizer:
         With flip on, the features of the chip and its mirror image are averaged.
         """
         self.load()
-        chips = face_chips(frame, faces, size=self.backbone.chip_size, padding=self.backbone.chip_padding)
-        if not self.flip or len(chips) == 0:
-            return self.backbone.embed(chips)
-        both = self.backbone.embed(np.concatenate([chips, mirrored(chips)]))  # one batch
-        return l2_normalise(both[: len(chips)] + both[len(chips) :])
+        return self.backbone.features(frame, faces, flip=self.flip)
 
     def embed(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
         """Backbone features -> float32 [N, 128] embeddings through the head."""

@@ -53,7 +53,7 @@ def test_random_weights_round_trip_through_the_weights_file(tmp_path, with_top):
 
 
 def test_unknown_backbone_name_lists_the_choices():
-    with pytest.raises(ValueError, match="dlib-resnet, vgg16-face"):
+    with pytest.raises(ValueError, match="dlib-resnet, sface, dlib-sface, vgg16-face"):
         get_backbone("resnet-9000")
 
 

@@ -84,7 +84,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def _face_service(app: Flask) -> FaceService:
     """The recognizer (given, or built from the settings) with the gallery loaded from the database."""
     recognizer = app.config.get("RECOGNIZER") or Recognizer(
-        backbone=app.config["BACKBONE"], threshold=app.config["THRESHOLD"], weights_dir=app.config.get("WEIGHTS_DIR")
+        backbone=app.config["BACKBONE"], detector=app.config["DETECTOR"], threshold=app.config["THRESHOLD"],
+        weights_dir=app.config.get("WEIGHTS_DIR"),
     )
     service = FaceService(
         recognizer,

@@ -46,7 +46,10 @@ SETTINGS: tuple[Setting, ...] = (
         "database, photos, thumbnails and the secret key; created when missing",
     ),
     Setting("DATABASE", "FACES_DATABASE", None, str, "SQLite file (default: <data dir>/faces.db)"),
-    Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str, "feature network: dlib-resnet or vgg16-face"),
+    Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str,
+            "feature network: dlib-resnet, sface, dlib-sface (both, fused) or vgg16-face"),
+    Setting("DETECTOR", "FACES_DETECTOR", "hog", str,
+            "face detector for live frames, photos and the evaluation tool: yunet or hog"),
     Setting(
         "WEIGHTS_DIR", "FACES_WEIGHTS_DIR", str(PROJECT_DIR / "weights"), str,
         "weight files: VGG-Face, trained heads (see weights/README.md)",

@@ -135,10 +135,11 @@ def list_dataset(images: Path, people: int | None = None, per_person: int | None
     return found
 
 
-def cache_file(images: Path, backbone: str, cache_dir: Path | None = None, flip: bool = False) -> Path:
-    """The .npz holding one dataset's features for one backbone."""
+def cache_file(images: Path, backbone: str, cache_dir: Path | None = None, flip: bool = False,
+               detector: str = "hog") -> Path:
+    """The .npz holding one dataset's features for one backbone and detector (HOG's files keep their old names)."""
     digest = hashlib.sha1(str(Path(images).resolve()).encode()).hexdigest()[:12]
-    suffix = "-flip" if flip else ""
+    suffix = ("-flip" if flip else "") + ("" if detector == "hog" else f"-{detector}")
     return Path(cache_dir or DEFAULT_CACHE_DIR) / f"features-{backbone}{suffix}-{Path(images).name}-{digest}.npz"
 
 
@@ -218,7 +219,7 @@ def dataset_features(
         options = {} if flip is None else {"flip": flip}
         recognizer = Recognizer(backbone, weights_dir=weights_dir, **options)  # loaded only if needed
     backbone = recognizer.backbone.name
-    path = cache_file(images, backbone, cache_dir, flip=recognizer.flip)
+    path = cache_file(images, backbone, cache_dir, flip=recognizer.flip, detector=recognizer.detector.name)
     cache = read_cache(path)
     todo = [
         (name, photo, copy)

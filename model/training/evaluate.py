@@ -144,7 +144,8 @@ def embed_portraits(
     uses the default cache folder; pass `False` to compute everything afresh.
     """
     backbone = recognizer.backbone.name
-    cache_path = datasets.cache_file(images, backbone, cache_dir or None, flip=recognizer.flip)
+    cache_path = datasets.cache_file(images, backbone, cache_dir or None, flip=recognizer.flip,
+                                     detector=recognizer.detector.name)
     cached = datasets.read_cache(cache_path) if cache_dir is not False else {}
     features, no_face, unreadable, computed = {}, 0, 0, 0
     start = time.perf_counter()
@@ -253,7 +254,7 @@ def identify(recognizer: Recognizer, images: Path, enroll: int, cache: Path | No
 
 
 def _recognizer(args: argparse.Namespace) -> Recognizer:
-    recognizer = Recognizer(args.backbone, flip=args.flip, weights_dir=args.weights_dir)
+    recognizer = Recognizer(args.backbone, detector=args.detector, flip=args.flip, weights_dir=args.weights_dir)
     recognizer.backbone.load()
     recognizer.head = load_head(recognizer.backbone.name, recognizer.backbone.dim, path=args.head,
                                 weights_dir=args.weights_dir)
@@ -269,7 +270,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.set_defaults(weights_dir=Path(settings["WEIGHTS_DIR"]))  # FACES_WEIGHTS_DIR
     common.add_argument("--images", type=Path, required=True, help="folder-per-person photos")
-    common.add_argument("--backbone", default="dlib-resnet", help="dlib-resnet (default) or vgg16-face")
+    common.add_argument("--backbone", default=settings["BACKBONE"],
+                        help="dlib-resnet, sface, dlib-sface or vgg16-face (default: FACES_BACKBONE, %(default)s)")
+    common.add_argument("--detector", default=settings["DETECTOR"],
+                        help="yunet or hog (default: FACES_DETECTOR, %(default)s)")
     common.add_argument("--head", type=Path, default=None, help="head file (default: the one the app uses)")
     common.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = verify(recognizer, args.images, args.pairs, args.cache)
         else:
             result = identify(recognizer, args.images, args.enroll, args.cache)
-        result.update(backbone=recognizer.backbone.name, flip=args.flip)
+        result.update(backbone=recognizer.backbone.name, detector=recognizer.detector.name, flip=args.flip)
     print(json.dumps(result))
     return result
 
