@@ -46,7 +46,8 @@ def main() -> dict:
 
     import dlib
 
-    recognizer = Recognizer().load()
+    recognizer = Recognizer("dlib-resnet", detector="hog").load()
+    default = Recognizer().load()  # YuNet + dlib-sface
     portrait = load_image(args.photo)
     frame = np.full((480, 640, 3), 90, np.uint8)
     h, w = portrait.shape[:2]
@@ -54,6 +55,7 @@ def main() -> dict:
     faces = recognizer.find_faces(frame, upsample=0)
     assert len(faces) == 1, "the benchmark frame should hold exactly one detectable face"
     chips1 = face_chips(frame, faces, size=150, padding=0.25)
+    yunet_faces = default.find_faces(frame, upsample=0)[:1]
     chips8 = np.repeat(chips1, 8, axis=0)
 
     result = {
@@ -67,6 +69,10 @@ def main() -> dict:
         "align_ms_per_face": best_ms(lambda: face_chips(frame, faces, size=150, padding=0.25), args.repeat),
         "embed_ms_per_face_batch1": best_ms(lambda: recognizer.backbone.embed(chips1), args.repeat),
         "embed_ms_per_face_batch8": best_ms(lambda: recognizer.backbone.embed(chips8), args.repeat // 2) / 8,
+        "yunet_detect_and_landmarks_ms": best_ms(lambda: default.find_faces(frame, upsample=0), args.repeat),
+        "sface_embed_ms_per_face": best_ms(
+            lambda: default.backbone.parts[1].features(frame, yunet_faces, flip=False), args.repeat),
+        "default_features_ms_per_face_with_flip": best_ms(lambda: default.features(frame, yunet_faces), args.repeat),
         "cpu_threads": os.cpu_count(),
     }
     for key, value in result.items():

@@ -117,6 +117,11 @@ class FaceDetector:
         box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
         return self._face_at(frame, box, float("-inf"))
 
+    def face_in(self, frame: NDArray[np.uint8], box: NDArray | list[int]) -> Face:
+        """The face in a known [left, top, right, bottom] box (e.g. one stored at enrollment), landmarks fitted in it."""
+        self.load()
+        return self._face_at(frame, np.asarray(box, dtype=np.float64), float("-inf"))
+
     def refit(self, frame: NDArray[np.uint8], face: Face) -> Face | None:
         """Follow a face into the next video frame without detecting (about 1 ms).
 

@@ -1,4 +1,4 @@
-"""The gallery: one embedding per enrolled photo, and open-set nearest-neighbour matching.
+"""The gallery: one embedding per enrolled photo, and open-set matching against each person's template.
 
 Plain numpy; no model, no Flask. Similarity is cosine (embeddings are unit vectors).
 """
@@ -32,36 +32,83 @@ class Match:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class OpenSetRule:
+    """How similar a probe must be to a person's template to get their name, so that about the same
+    share of strangers is named whatever the gallery's size: a stranger has more chances to look like
+    someone the more people are enrolled, and a template of few photos sits closer to everyone.
+
+    threshold = base[k - 1] for a person with k photos (the last entry for more), plus
+    per_log_people * ln(number of people enrolled). Calibrated per head (its sidecar's "open_set").
+    """
+
+    base: tuple[float, ...]
+    per_log_people: float
+
+    @classmethod
+    def from_info(cls, info: dict) -> "OpenSetRule":
+        return cls(tuple(float(v) for v in info["base"]), float(info["per_log_people"]))
+
+    def thresholds(self, photo_counts: NDArray[np.int64]) -> NDArray[np.float64]:
+        """One threshold per person, given each enrolled person's photo count."""
+        base = np.asarray(self.base, dtype=np.float64)
+        index = np.clip(np.asarray(photo_counts) - 1, 0, len(base) - 1)
+        return base[index] + self.per_log_people * np.log(max(1, len(photo_counts)))
+
+
+def templates(
+    vectors: NDArray[np.float32], person_ids: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]:
+    """Each person's template: the normalised mean of their photos' embeddings.
+
+    :return: (person ids [P], templates float32 [P, D] unit rows, photo counts [P]).
+    """
+    people, index = np.unique(person_ids, return_inverse=True)
+    sums = np.zeros((len(people), vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, index, vectors)
+    norms = np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return people, (sums / norms).astype(np.float32), np.bincount(index, minlength=len(people))
+
+
 def match(
     vectors: NDArray[np.float32],
     person_ids: NDArray[np.int64],
     probes: NDArray[np.float32],
-    threshold: float,
+    threshold: float | OpenSetRule,
 ) -> list[Match]:
-    """Match probes against gallery photos, person by person.
+    """Match probes against the enrolled people's templates (see `templates`).
+
+    On CelebA, matching templates rather than the nearest photo raised open-set DIR at FPIR 1%
+    from 87.7% / 63.4% to 91.7% / 80.2% (dlib-sface, half the people never enrolled; README).
 
     :param vectors: float32 [M, D] unit vectors, one per enrolled photo.
     :param person_ids: int64 [M], whose photo each row is.
     :param probes: float32 [P, D] unit vectors.
-    :param threshold: similarity at or above which the best person is accepted.
+    :param threshold: a fixed similarity, or an OpenSetRule, at or above which the best person is accepted.
     :return: one Match per probe, in order.
     """
     if len(probes) == 0:
         return []
     if len(vectors) == 0:
         return [Match(None, 0.0, 0.0) for _ in range(len(probes))]
-    sims = probes @ vectors.T  # [P, M]
+    people, centres, counts = templates(vectors, person_ids)
+    if isinstance(threshold, OpenSetRule):
+        limits = threshold.thresholds(counts)
+    else:
+        limits = np.full(len(people), float(threshold))
+    sims = probes @ centres.T  # [P, people]
     rows = np.arange(len(probes))
-    best_row = sims.argmax(axis=1)
-    best_sim = sims[rows, best_row]
-    best_person = person_ids[best_row]
-    others = np.where(person_ids[None, :] == best_person[:, None], -np.inf, sims)
-    second_sim = others.max(axis=1)
-    second_sim = np.where(np.isfinite(second_sim), second_sim, 0.0)
+    best = sims.argmax(axis=1)
+    best_sim = sims[rows, best]
+    if len(people) > 1:
+        second_sim = np.partition(sims, -2, axis=1)[:, -2]
+    else:
+        second_sim = np.zeros(len(probes))
     results = []
-    for sim, second, person in zip(best_sim, second_sim, best_person):
-        accepted = bool(sim >= threshold)
-        results.append(Match(int(person) if accepted else None, float(sim), float(sim - second), int(person)))
+    for sim, second, column in zip(best_sim, second_sim, best):
+        person = int(people[column])
+        accepted = bool(sim >= limits[column])
+        results.append(Match(person if accepted else None, float(sim), float(sim - second), person))
     return results
 
 
@@ -137,7 +184,7 @@ class Gallery:
             self._row_of_photo.clear()
             self._size = 0
 
-    def match(self, probes: NDArray[np.float32], threshold: float) -> list[Match]:
+    def match(self, probes: NDArray[np.float32], threshold: float | OpenSetRule) -> list[Match]:
         """Open-set match of float32 [P, D] unit vectors; see `match`."""
         with self._lock:
             return match(self._vectors[: self._size], self._people[: self._size], probes, threshold)

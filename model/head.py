@@ -24,6 +24,8 @@ from model.backbones import l2_normalise
 from model.paths import DEFAULT_WEIGHTS_DIR
 
 EMBEDDING_DIM = 128
+# Heads that ship with the project, used when weights/ has none for a backbone (dlib-sface's starting head).
+SHIPPED_HEADS_DIR = Path(__file__).resolve().parent / "heads"
 
 
 class HeadUnavailable(RuntimeError):
@@ -61,13 +63,17 @@ def sidecar_path(path: Path) -> Path:
 
 
 def load_head(backbone: str, dim: int, path: Path | None = None, weights_dir: Path | None = None) -> Head:
-    """Load a head file, or the identity head when a 128-D backbone has none yet.
+    """Load a head file: the given path, else weights/head_<backbone>.h5, else the one shipped in model/heads/,
+    else the identity head for a 128-D backbone.
 
     :param path: the head file (default: `head_path(backbone, weights_dir)`).
     :raises HeadUnavailable: no file and the backbone is not 128-D.
     :raises ValueError: the file is unreadable or does not fit the backbone.
     """
     path = Path(path) if path else head_path(backbone, weights_dir)
+    shipped = SHIPPED_HEADS_DIR / f"{backbone}.h5"
+    if not path.exists() and shipped.exists():
+        path = shipped
     if not path.exists():
         if dim == EMBEDDING_DIM:
             return Head.identity(backbone)

@@ -16,15 +16,17 @@ from numpy.typing import NDArray
 
 from model.backbones import Backbone, get_backbone
 from model.detect import Face, FaceDetector, face_nearest_centre, get_detector
-from model.gallery import Gallery, Match
+from model.gallery import Gallery, Match, OpenSetRule
 from model.head import Head, load_head
 
 # Cosine similarity at which dlib-resnet (identity head, flip averaging on)
 # accepts a match: the false-accept rate 1e-3 point over all 18 million
 # cross-person photo pairs of ../shared/faces/celeba (see README, "Choosing the threshold").
 DEFAULT_THRESHOLD = 0.932
+# The backbone when none is named: dlib's ResNet and SFace fused (README, "Accuracy").
+DEFAULT_BACKBONE = "dlib-sface"
 # The face detector when none is named: 'yunet' or 'hog' (see model.detect).
-DEFAULT_DETECTOR = "hog"
+DEFAULT_DETECTOR = "yunet"
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.
 DEFAULT_MIN_FACE = 60
 # Enrollment photos are detected at this upsampling (finds faces down to about 40 px), on a copy
@@ -58,7 +60,7 @@ class EnrollmentRejected(ValueError):
 class Recognizer:
     """detect -> align -> embed -> match, with one backbone and its head.
 
-    :param backbone: a Backbone instance or name (default 'dlib-resnet').
+    :param backbone: a Backbone instance or name (default DEFAULT_BACKBONE).
     :param detector: a FaceDetector instance or name ('yunet' or 'hog'; default DEFAULT_DETECTOR).
     :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
     :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
@@ -69,7 +71,7 @@ class Recognizer:
 
     def __init__(
         self,
-        backbone: Backbone | str = "dlib-resnet",
+        backbone: Backbone | str = DEFAULT_BACKBONE,
         head: Head | None = None,
         detector: FaceDetector | str | None = None,
         threshold: float | None = None,
@@ -85,11 +87,22 @@ class Recognizer:
 
     @property
     def threshold(self) -> float:
+        """One similarity to show and to cut inbox groups at: the fixed threshold, else the head's
+        (for a head with an open-set rule: its threshold for one person with 3 photos)."""
         if self._threshold is not None:
             return self._threshold
         if self.head is not None and self.head.threshold is not None:
             return float(self.head.threshold)
         return DEFAULT_THRESHOLD
+
+    @property
+    def rule(self) -> float | OpenSetRule:
+        """What a match must clear: a fixed threshold when one was given (FACES_THRESHOLD), else the
+        head's open-set rule (stricter as the gallery grows, see model.gallery.OpenSetRule) when it has
+        one, else the head's or the default threshold."""
+        if self._threshold is None and self.head is not None and "open_set" in self.head.info:
+            return OpenSetRule.from_info(self.head.info["open_set"])
+        return self.threshold
 
     def load(self) -> "Recognizer":
         """Load detector, backbone and head (idempotent). Raises BackboneUnavailable/HeadUnavailable."""
@@ -150,7 +163,7 @@ class Recognizer:
             return []
         features = self.features(frame, faces)
         embeddings = self.embed(features)
-        matches = gallery.match(embeddings, self.threshold)
+        matches = gallery.match(embeddings, self.rule)
         return [
             Recognition(face, match, features=feature, embedding=embedding)
             for face, match, feature, embedding in zip(faces, matches, features, embeddings)

@@ -201,7 +201,7 @@ class FaceTracker:
             return
         features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
         embeddings = self.recognizer.embed(features)
-        matches = gallery.match(embeddings, self.recognizer.threshold)
+        matches = gallery.match(embeddings, self.recognizer.rule)
         for track, feature, embedding, match in zip(due, features, embeddings, matches):
             track.decisions.append(match)
             track.last_embedded = self.frame_index

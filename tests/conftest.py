@@ -32,7 +32,8 @@ def samples_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def recognizer():
-    """One loaded default recognizer (dlib-resnet, identity head) for the whole run."""
+    """One loaded dlib recognizer (dlib-resnet on HOG boxes, identity head) for the whole run: the core's
+    tests and the web tests marked `dlib` were written for it; the default model has tests of its own."""
     from model.recognizer import Recognizer
 
-    return Recognizer().load()
+    return Recognizer("dlib-resnet", detector="hog").load()

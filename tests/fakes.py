@@ -40,6 +40,7 @@ class FakeDetector:
     """Stands in for model.detect.FaceDetector (same methods, no dlib)."""
 
     predictor_path = None
+    name = "fake"
 
     def __init__(self) -> None:
         self.detections = 0
@@ -64,6 +65,11 @@ class FakeDetector:
     def centre_face(self, frame: NDArray[np.uint8], *, fraction: float = 0.45) -> Face:
         height, width = frame.shape[:2]
         return self._face_in(frame, 0, 0, width, height, score=float("-inf"))
+
+    def face_in(self, frame: NDArray[np.uint8], box) -> Face:
+        box = np.asarray(box, dtype=np.float64)
+        landmarks = (box[:2] + LANDMARKS * (box[2:] - box[:2])).astype(np.float32)
+        return Face(box=np.asarray(box, dtype=np.int32), landmarks=landmarks, score=float("-inf"))
 
     def refit(self, frame: NDArray[np.uint8], face: Face) -> Face | None:
         height, width = frame.shape[:2]

@@ -65,5 +65,7 @@ def test_a_saved_head_on_stored_features_rebuilds_a_gallery(tmp_path):
     gallery = Gallery(dim=embeddings.shape[1])
     gallery.add_many(zip(range(100, 112), people.tolist(), embeddings))
     assert len(gallery) == 12 and gallery.person_ids == {0, 1, 2, 3}
-    matches = gallery.match(embeddings[[0, 4]], threshold=0.99)
+    # Each person's template (the normalised mean of their photos) matches them.
+    centres = np.stack([embeddings[people == person].mean(axis=0) for person in (0, 1)])
+    matches = gallery.match(centres / np.linalg.norm(centres, axis=1, keepdims=True), threshold=0.99)
     assert [m.person_id for m in matches] == [0, 1]

@@ -49,6 +49,7 @@ class CountingRecognizer:
         self.embedded_faces = 0
         self.detector = recognizer.detector
         self.threshold = recognizer.threshold
+        self.rule = recognizer.rule
 
     def find_faces(self, frame, **kw):
         self.detections += 1

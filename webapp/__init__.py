@@ -13,6 +13,7 @@ from flask import Flask
 from model.recognizer import Recognizer
 from webapp import auth, db, errors, events, inbox_store, people_store, security, settings
 from webapp.extensions import socketio
+from webapp.reembed import Reembedder
 from webapp.service import FaceService
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _sweep(app)
     service = _face_service(app)
     app.extensions["faces"] = service
-    app.context_processor(lambda: {"faces_model": service})
     service.start_loading()
+    reembedder = Reembedder(app.config["DATABASE"], data_dir, service)
+    app.extensions["reembed"] = reembedder
+    app.context_processor(lambda: {"faces_model": service, "reembed": reembedder.progress})
+    reembedder.start_if_needed()  # photos of another backbone are embedded again, in the background
 
     from webapp import api, enroll, export, head, inbox, live, people
 
@@ -105,8 +109,8 @@ def _face_service(app: Flask) -> FaceService:
         conn.close()
     log.info("gallery: %d photos of %d people", loaded, len(service.names))
     if other:
-        log.warning("%d photos were enrolled with another backbone than %s and are not matched", other,
-                    service.backbone)
+        log.warning("%d photos were enrolled with another backbone than %s; they are embedded again in the "
+                    "background and matched once done", other, service.backbone)
     return service
 
 

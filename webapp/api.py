@@ -38,6 +38,7 @@ def status():
         threshold=service.recognizer.threshold,
         people=len(service.names),
         photos=len(service.gallery),
+        reembed=current_app.extensions["reembed"].progress,
     )
 
 

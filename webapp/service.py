@@ -26,13 +26,15 @@ from model.gallery import Gallery
 from model.head import Head, HeadUnavailable
 from model.images import ImageError, decode_image
 from model.quality import Assessment, assess
-from model.recognizer import EnrollmentRejected, Recognition, Recognizer
+from model.recognizer import ENROLLMENT_MAX_SIDE, ENROLLMENT_UPSAMPLE, EnrollmentRejected, Recognition, Recognizer
 from model.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
 
 # How long a request waits for the model to finish loading before answering 503.
 LOAD_WAIT_S = 60.0
+# A stored photo's face is found again when a detection overlaps its stored box this much.
+STORED_FACE_IOU = 0.3
 # Guided-enrollment preview frames are detected without upsampling (about 30 ms a frame).
 ASSESS_UPSAMPLE = 0
 
@@ -226,8 +228,25 @@ class FaceService:
             face = faces[int(np.argmax(overlaps))]
             features = self.recognizer.features(frame, [face])
             embedding = self.recognizer.embed(features)
-        match = self.gallery.match(embedding, self.recognizer.threshold)[0]
+        match = self.gallery.match(embedding, self.recognizer.rule)[0]
         return Recognition(face, match, features=features[0], embedding=embedding[0])
+
+    def embed_stored(self, photo: NDArray[np.uint8], box: list[int]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Features and embedding of a stored photo's face with this service's model (after a backbone change).
+
+        The face is found again (the detected face that overlaps the stored box most), or fitted in the
+        stored box when the detector finds none there. :return: (features float32 [D], embedding float32 [128]).
+        """
+        self.wait_ready()
+        with self._model_lock:
+            faces = self.recognizer.find_faces(photo, upsample=ENROLLMENT_UPSAMPLE, max_side=ENROLLMENT_MAX_SIDE)
+            overlaps = [box_iou(face.box, box) for face in faces]
+            if overlaps and max(overlaps) >= STORED_FACE_IOU:
+                face = faces[int(np.argmax(overlaps))]
+            else:
+                face = self.recognizer.detector.face_in(photo, box)
+            features = self.recognizer.features(photo, [face])
+            return features[0], self.recognizer.embed(features)[0]
 
     def assess(self, frame: NDArray[np.uint8], *, want: str | None = None) -> Assessment:
         """Score a guided-enrollment preview frame (model.quality.assess); detects at upsample 0, about 30 ms."""

@@ -46,9 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
         "database, photos, thumbnails and the secret key; created when missing",
     ),
     Setting("DATABASE", "FACES_DATABASE", None, str, "SQLite file (default: <data dir>/faces.db)"),
-    Setting("BACKBONE", "FACES_BACKBONE", "dlib-resnet", str,
+    Setting("BACKBONE", "FACES_BACKBONE", "dlib-sface", str,
             "feature network: dlib-resnet, sface, dlib-sface (both, fused) or vgg16-face"),
-    Setting("DETECTOR", "FACES_DETECTOR", "hog", str,
+    Setting("DETECTOR", "FACES_DETECTOR", "yunet", str,
             "face detector for live frames, photos and the evaluation tool: yunet or hog"),
     Setting(
         "WEIGHTS_DIR", "FACES_WEIGHTS_DIR", str(PROJECT_DIR / "weights"), str,

@@ -212,6 +212,7 @@ def test_stored_photos_are_reencoded_without_metadata(app, client, photo, enroll
             assert not image.getexif()
 
 
+@pytest.mark.dlib  # another photo of the person is named: the real model's decision
 def test_the_gallery_is_loaded_from_the_database_at_start(app, client, photo, enrolled, web_recognizer):
     again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "RECOGNIZER": web_recognizer})
     service = again.extensions["faces"]

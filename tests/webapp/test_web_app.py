@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from web_helpers import ENROLLED, log_in, prepare_data_dir, start_server, stop_server
+from web_helpers import ENROLLED, STRANGER, log_in, prepare_data_dir, server_session, start_server, stop_server
 
 from model.backbones import VGG16Face
 from model.recognizer import Recognizer
@@ -22,7 +22,7 @@ def test_settings_come_from_env_vars():
     assert config["PORT"] == 8080 and config["THRESHOLD"] == 0.91 and config["LIVE_MAX_SIDE"] == 480
     assert config["DATA_DIR"] == "/srv/faces" and config["HOST"] == "127.0.0.1"
     defaults = settings.from_env({})
-    assert defaults["THRESHOLD"] is None and defaults["BACKBONE"] == "dlib-resnet" and defaults["MIN_FACE_PX"] == 60
+    assert defaults["THRESHOLD"] is None and defaults["BACKBONE"] == "dlib-sface" and defaults["DETECTOR"] == "yunet" and defaults["MIN_FACE_PX"] == 60
     assert defaults["DATA_DIR"].endswith("data")
 
 
@@ -130,3 +130,28 @@ def test_a_running_server_has_no_tensorflow_loaded(tmp_path):
         stop_server(process)
     assert "dlib" in maps  # the check sees the libraries that are loaded
     assert "tensorflow" not in maps
+
+
+@pytest.mark.dlib
+def test_the_default_model_names_the_enrolled_and_not_a_stranger(tmp_path, celeba_dir):
+    """server.py with its own defaults (YuNet, dlib-sface, the open-set rule; no pinned threshold)."""
+    defaults = {"FACES_BACKBONE": "dlib-sface", "FACES_DETECTOR": "yunet", "FACES_THRESHOLD": ""}
+    process, url, _ = start_server(prepare_data_dir(tmp_path / "data"), extra_env=defaults)
+    try:
+        session = server_session(url)
+        status = session.get(f"{url}/api/status", timeout=10).json()
+        assert status["backbone"] == "dlib-sface"
+        person = session.post(f"{url}/api/people", json={"name": "Ada"}, timeout=10).json()
+        enrolled = [("photos", (p.name, p.read_bytes(), "image/jpeg"))
+                    for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
+        assert session.post(f"{url}/api/people/{person['id']}/photos", files=enrolled, timeout=60).status_code == 200
+
+        def names(person_dir: str, index: int) -> list:
+            path = celeba_dir / person_dir / f"{person_dir}_{index:04d}.jpg"
+            answer = session.post(f"{url}/api/recognize", files={"image": (path.name, path.read_bytes())}, timeout=30)
+            return [face["name"] for face in answer.json()["faces"]]
+
+        assert names(ENROLLED, 10) == ["Ada"] and names(ENROLLED, 12) == ["Ada"]
+        assert names(STRANGER, 1) == [None] and names(STRANGER, 2) == [None]
+    finally:
+        stop_server(process)

@@ -111,10 +111,17 @@ def running_server(data_dir: Path) -> Iterator[str]:
         stop_server(process)
 
 
-def start_server(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str, Path]:
-    """Start server.py and wait until its model is ready; returns (process, base URL, log file)."""
+def start_server(data_dir: Path, port: int | None = None, extra_env: dict | None = None
+                 ) -> tuple[subprocess.Popen, str, Path]:
+    """Start server.py and wait until its model is ready; returns (process, base URL, log file).
+
+    extra_env overrides the environment (e.g. {"FACES_BACKBONE": "dlib-sface"}).
+    """
     port = port or free_port()
-    env = dict(os.environ, FACES_THRESHOLD=str(TEST_THRESHOLD), FACES_ADMIN_PASSWORD=TEST_PASSWORD)
+    # The model of the `dlib_recognizer` fixture, which some tests enroll with before the server starts.
+    env = dict(os.environ, FACES_THRESHOLD=str(TEST_THRESHOLD), FACES_ADMIN_PASSWORD=TEST_PASSWORD,
+               FACES_BACKBONE="dlib-resnet", FACES_DETECTOR="hog")
+    env.update(extra_env or {})
     log_path = data_dir.parent / f"server-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
