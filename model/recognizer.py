@@ -27,6 +27,10 @@ DEFAULT_THRESHOLD = 0.932
 DEFAULT_BACKBONE = "dlib-sface"
 # The face detector when none is named: 'yunet' or 'hog' (see model.detect).
 DEFAULT_DETECTOR = "yunet"
+# Faces smaller than this (box side, pixels) are boxed but not recognised: below it the chips are
+# too coarse to tell people apart, so they are never named nor kept in the inbox.
+DEFAULT_MIN_RECOGNISE_PX = 36
+TOO_SMALL = "too small to recognise"
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.
 DEFAULT_MIN_FACE = 60
 # Enrollment photos are detected at this upsampling (finds faces down to about 40 px), on a copy
@@ -64,6 +68,7 @@ class Recognizer:
     :param detector: a FaceDetector instance or name ('yunet' or 'hog'; default DEFAULT_DETECTOR).
     :param head: a Head; default: the backbone's head file, or identity for 128-D backbones.
     :param threshold: open-set threshold; default: the head's own, else DEFAULT_THRESHOLD.
+    :param min_recognise_px: smaller faces are boxed with a reason, never embedded or named.
     :param weights_dir: folder of head files and VGG-Face's weights (default: model.paths.DEFAULT_WEIGHTS_DIR).
     :param flip: also embed the mirrored chip and average (2x embedding cost; on CelebA
         TAR at FAR 1e-3 rises from 85.9% to 87.8%, so it is on by default).
@@ -77,12 +82,14 @@ class Recognizer:
         threshold: float | None = None,
         flip: bool = True,
         weights_dir: Path | None = None,
+        min_recognise_px: int = DEFAULT_MIN_RECOGNISE_PX,
     ):
         self.backbone = get_backbone(backbone, weights_dir) if isinstance(backbone, str) else backbone
         self.detector = get_detector(detector) if isinstance(detector, str) else detector or get_detector(DEFAULT_DETECTOR)
         self.head = head
         self._threshold = threshold
         self.flip = flip
+        self.min_recognise_px = min_recognise_px
         self.weights_dir = weights_dir  # where head and weight files are read (None: model.paths.DEFAULT_WEIGHTS_DIR)
 
     @property
@@ -123,6 +130,7 @@ class Recognizer:
             threshold=self._threshold,
             flip=self.flip,
             weights_dir=self.weights_dir,
+            min_recognise_px=self.min_recognise_px,
         )
 
     def set_head(self, head: Head) -> None:
@@ -158,16 +166,23 @@ class Recognizer:
         self, frame: NDArray[np.uint8], gallery: Gallery, *, upsample: int = 0, max_side: int | None = None
     ) -> list[Recognition]:
         """Everyone in one frame: detect, align, embed in one batch, match."""
-        faces = self.find_faces(frame, upsample=upsample, max_side=max_side)
-        if not faces:
-            return []
-        features = self.features(frame, faces)
-        embeddings = self.embed(features)
-        matches = gallery.match(embeddings, self.rule)
-        return [
-            Recognition(face, match, features=feature, embedding=embedding)
-            for face, match, feature, embedding in zip(faces, matches, features, embeddings)
-        ]
+        return self.decide(frame, self.find_faces(frame, upsample=upsample, max_side=max_side), gallery)
+
+    def unrecognisable(self, face: Face) -> str | None:
+        """Why a face cannot be recognised (too small), or None."""
+        return TOO_SMALL if min(face.width, face.height) < self.min_recognise_px else None
+
+    def decide(self, frame: NDArray[np.uint8], faces: list[Face], gallery: Gallery) -> list[Recognition]:
+        """Embed every recognisable face in one batch and match it; the others come back unknown with a reason."""
+        reasons = [self.unrecognisable(face) for face in faces]
+        results = [Recognition(face, Match(None, 0.0, 0.0, reason=reason)) for face, reason in zip(faces, reasons)]
+        chosen = [i for i, reason in enumerate(reasons) if reason is None]
+        if chosen:
+            features = self.features(frame, [faces[i] for i in chosen])
+            embeddings = self.embed(features)
+            for i, match, feature, embedding in zip(chosen, gallery.match(embeddings, self.rule), features, embeddings):
+                results[i] = Recognition(faces[i], match, features=feature, embedding=embedding)
+        return results
 
     def enrollment_faces(
         self, photo: NDArray[np.uint8], *, min_face: int = DEFAULT_MIN_FACE, max_side: int = ENROLLMENT_MAX_SIDE,

@@ -199,11 +199,9 @@ class FaceTracker:
         due = [t for t in self.tracks if self.frame_index - t.last_embedded >= self._embed_interval(t)]
         if not due:
             return
-        features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
-        embeddings = self.recognizer.embed(features)
-        matches = gallery.match(embeddings, self.recognizer.rule)
-        for track, feature, embedding, match in zip(due, features, embeddings, matches):
-            track.decisions.append(match)
+        decided = self.recognizer.decide(frame, [t.face for t in due], gallery)  # one batch for every face due
+        for track, seen in zip(due, decided):
+            track.decisions.append(seen.match)
             track.last_embedded = self.frame_index
             track.looks = looks[track.track_id]
-            track.features, track.embedding = feature, embedding
+            track.features, track.embedding = seen.features, seen.embedding  # None for a face too small

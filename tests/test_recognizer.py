@@ -8,7 +8,7 @@ import pytest
 from model.align import face_chips
 from model.gallery import Gallery
 from model.images import load_image
-from model.recognizer import EnrollmentRejected
+from model.recognizer import EnrollmentRejected, Recognizer
 
 
 def photo(celeba_dir, person: str, index: int):
@@ -120,3 +120,29 @@ def test_a_twin_shares_settings_but_not_dlib_objects(recognizer):
     twin = recognizer.twin()
     assert twin.detector is not recognizer.detector and twin.backbone is not recognizer.backbone
     assert twin.head is recognizer.head and twin.threshold == recognizer.threshold and twin.flip == recognizer.flip
+
+
+def test_a_face_too_small_to_recognise_is_boxed_with_a_reason_and_never_named(celeba_dir):
+    """YuNet boxes a face of about 30 px; it is too small to recognise, so it is unknown whatever the gallery."""
+    from PIL import Image
+
+    from model.recognizer import TOO_SMALL
+
+    default = Recognizer().load()  # YuNet + dlib-sface
+    path = celeba_dir / "celeb_7201" / "celeb_7201_0001.jpg"
+    portrait = load_image(path)
+    gallery = Gallery()
+    face = default.find_faces(portrait, upsample=1)[0]
+    gallery.add(1, 7201, default.embed_faces(portrait, [face])[0])
+
+    small = np.asarray(Image.fromarray(portrait).resize((64, 64), Image.Resampling.LANCZOS))
+    frame = np.full((480, 640, 3), 120, np.uint8)
+    frame[200:264, 300:364] = small
+    [seen] = default.recognize_frame(frame, gallery)
+    assert seen.face.width < default.min_recognise_px
+    assert seen.match.person_id is None and seen.match.reason == TOO_SMALL and seen.features is None
+    # The same face at full size is named.
+    big = np.full((480, 640, 3), 120, np.uint8)
+    big[100:350, 200:450] = portrait
+    [seen] = default.recognize_frame(big, gallery)
+    assert seen.match.person_id == 7201 and seen.match.reason is None

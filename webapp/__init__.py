@@ -89,7 +89,7 @@ def _face_service(app: Flask) -> FaceService:
     """The recognizer (given, or built from the settings) with the gallery loaded from the database."""
     recognizer = app.config.get("RECOGNIZER") or Recognizer(
         backbone=app.config["BACKBONE"], detector=app.config["DETECTOR"], threshold=app.config["THRESHOLD"],
-        weights_dir=app.config.get("WEIGHTS_DIR"),
+        weights_dir=app.config.get("WEIGHTS_DIR"), min_recognise_px=app.config["MIN_RECOGNISE_PX"],
     )
     service = FaceService(
         recognizer,

@@ -67,7 +67,7 @@ def _not_a_number(name: str):
 
 
 def face_json(recognition: Recognition, names: Mapping[int, str]) -> dict:
-    """One entry of the `faces` answer (live event and /api/recognize): box, name, person_id, similarity, margin."""
+    """One entry of the `faces` answer (live event and /api/recognize): box, name, person_id, similarity, margin, reason."""
     match = recognition.match
     return {
         "box": [int(v) for v in recognition.face.box],
@@ -75,6 +75,7 @@ def face_json(recognition: Recognition, names: Mapping[int, str]) -> dict:
         "person_id": match.person_id,
         "similarity": round(float(match.similarity), 4),
         "margin": round(float(match.margin), 4),
+        "reason": match.reason,  # why it was not matched at all (e.g. too small to recognise), else null
     }
 
 

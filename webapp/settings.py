@@ -59,6 +59,10 @@ SETTINGS: tuple[Setting, ...] = (
         "cosine similarity needed to name a face (default: the head's own, else model.recognizer.DEFAULT_THRESHOLD)",
     ),
     Setting(
+        "MIN_RECOGNISE_PX", "FACES_MIN_RECOGNISE_PX", 36, int,
+        "faces smaller than this (box side, pixels) are boxed as 'too small to recognise', never named",
+    ),
+    Setting(
         "MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int,
         "enrollment photos: smallest face side accepted, in pixels",
     ),

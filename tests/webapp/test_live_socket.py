@@ -62,7 +62,7 @@ def test_a_frame_is_answered_with_named_faces(live, frames):
     assert answer["frame_id"] == 0 and (answer["width"], answer["height"]) == (640, 480)
     assert isinstance(answer["ms"], float) and 0 < answer["ms"] < 5000
     [face] = answer["faces"]
-    assert set(face) == {"box", "name", "person_id", "similarity", "margin"}
+    assert set(face) == {"box", "name", "person_id", "similarity", "margin", "reason"} and face["reason"] is None
     assert face["name"] == "Ada" and isinstance(face["person_id"], int) and face["similarity"] > 0.9
     left, top, right, bottom = face["box"]
     assert 195 - 20 < left < right < 445 + 20 and 115 - 20 < top < bottom < 365 + 20  # where the portrait was pasted

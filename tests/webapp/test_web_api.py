@@ -98,7 +98,7 @@ def test_enrolled_person_is_recognised_and_a_stranger_is_not(client, photo, enro
     assert set(answer) == {"frame_id", "width", "height", "faces", "ms"}
     assert (answer["width"], answer["height"]) == (250, 250)
     [face] = answer["faces"]
-    assert set(face) == {"box", "name", "person_id", "similarity", "margin"}
+    assert set(face) == {"box", "name", "person_id", "similarity", "margin", "reason"} and face["reason"] is None
     assert face["name"] == "Ada" and face["person_id"] == enrolled["id"]
     assert face["similarity"] > 0.9 and len(face["box"]) == 4
 
