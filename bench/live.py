@@ -1,18 +1,26 @@
-"""Benchmark live recognition over Socket.IO on loopback, against the naive per-frame loop.
+"""Benchmark live recognition over Socket.IO on loopback: many camera-like clients, against the naive per-frame loop.
 
-    python bench/live.py [--clients N] [--seconds S] [--fps F]
+    python bench/live.py [--clients 1,2,4,8,16] [--seconds S] [--fps F] [--naive-seconds 10]
 
 Starts `server.py` on a free port with a fresh data dir and a random admin password, logs in, enrolls one person
-from 3 CelebA photos through the JSON API, then connects N python-socketio
-clients (WebSocket transport). Each sends 640x480 JPEG frames at F fps, made
-from other photos of that person with the face moving across the frame, and
-measures the time from sending a frame to receiving its `faces`. It also times
-the naive loop (HOG at upsample 0, 5 landmarks, dlib descriptor on every frame)
-on the same frames in this process, after the clients stop.
+from 3 CelebA photos through the JSON API. Then, for each client count in --clients, connects that many
+python-socketio clients (WebSocket transport) and runs them together for S seconds. Each is a camera: a
+new 640x480 JPEG frame every 1/F s (other photos of that person, the face sliding across the frame;
+client i CAMERA_OFFSET * i frames into that video and its clock i/N of a frame interval late, so cameras
+are not in step), with
+at most one frame in flight (a frame is sent when the camera has one not sent yet and no answer is awaited,
+or after FRAME_TIMEOUT_S), no faster than the server's `rate` event allows. It asks for F fps in its
+Socket.IO auth. It measures the time from sending a frame to receiving its `faces`. A --warmup
+run comes first, unmeasured.
 
-Prints figures, then one JSON line: fps (answered frames per second per
-client), p50_ms, p95_ms, p99_ms, answered, sent, errors, naive_fps, speedup,
-clients, rss_mb, cpu_percent, start_s (seconds until the server answered HTTP).
+After the clients, it times the naive loop (HOG at upsample 0, 5 landmarks, dlib descriptor on every
+frame) on the same frames in this process (--naive-seconds 0 skips it).
+
+Prints figures, then one JSON line: {"runs": [one object per client count: clients, client_fps (asked),
+fps_min and fps_mean (answered frames per second of each client), p50_ms, p95_ms, p99_ms, server_p50_ms,
+answered, sent, camera_frames, errors, named_share (share of answers naming the person), given_fps_min
+(the lowest rate the server gave), busy (the last reason it gave, if any), cpu_percent (the server, 100 =
+one core), rss_mb], naive_fps, speedup (single run's fps_mean over naive_fps), start_s}.
 """
 
 from __future__ import annotations
@@ -40,8 +48,13 @@ from model.images import load_image  # noqa: E402
 
 FACES_DIR = Path(os.environ.get("FACES_TEST_DATA", PROJECT_DIR.parent / "shared" / "faces"))
 PERSON = "celeb_7201"
+NAME = "Bench Person"
 # The server is started with this admin password (FACES_ADMIN_PASSWORD); `login` uses it.
 BENCH_PASSWORD = secrets.token_urlsafe(16)
+# A frame not answered by then is given up (the live page's FACES_FRAME_TIMEOUT_MS).
+FRAME_TIMEOUT_S = 3.0
+# Client i starts this many frames into the video after client i - 1.
+CAMERA_OFFSET = 37
 
 
 def free_port() -> int:
@@ -63,9 +76,11 @@ def make_frames(photos: list[np.ndarray], count: int) -> list[bytes]:
     return frames
 
 
-def start_server(data_dir: str, port: int, command: str = "server.py") -> tuple[subprocess.Popen, float]:
+def start_server(data_dir: str, port: int, command: str = "server.py", env: dict | None = None
+                 ) -> tuple[subprocess.Popen, float]:
     """Start the app (`command`: a script in the project and its arguments); returns it and its time to HTTP."""
-    env = dict(os.environ, FACES_DATA_DIR=data_dir, FACES_PORT=str(port), FACES_ADMIN_PASSWORD=BENCH_PASSWORD)
+    env = dict(os.environ, FACES_DATA_DIR=data_dir, FACES_PORT=str(port), FACES_ADMIN_PASSWORD=BENCH_PASSWORD,
+               **(env or {}))
     started = time.perf_counter()
     script, *args = command.split()
     proc = subprocess.Popen(
@@ -100,7 +115,7 @@ def cookie_header(session) -> dict:
 
 
 def enroll(session, base: str, photos: list[Path]) -> None:
-    person = session.post(f"{base}/api/people", json={"name": "Bench Person"}, timeout=60)
+    person = session.post(f"{base}/api/people", json={"name": NAME}, timeout=60)
     person.raise_for_status()
     files = [("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
     result = session.post(f"{base}/api/people/{person.json()['id']}/photos", files=files, timeout=120).json()
@@ -109,43 +124,84 @@ def enroll(session, base: str, photos: list[Path]) -> None:
 
 
 class Client:
-    """One live connection sending frames at a fixed rate and timing each answer."""
+    """One live connection acting as a camera at `fps`, one frame in flight, obeying the server's rate."""
 
-    def __init__(self, url: str, frames: list[bytes], fps: float, headers: dict | None = None):
+    def __init__(self, url: str, frames: list[bytes], fps: float, headers: dict | None = None, offset: int = 0,
+                 phase: float = 0.0):
         import socketio
 
         self.sio = socketio.Client(reconnection=False)
-        self.frames, self.period = frames, 1.0 / fps
+        self.frames, self.fps, self.offset, self.phase = frames, fps, offset, phase
+        self.given: float | None = None  # the server's rate (None: not told)
+        self.given_min: float | None = None
+        self.busy: str | None = None
         self.sent_at: dict[int, float] = {}
         self.latencies: list[float] = []
         self.server_ms: list[float] = []
-        self.names: list[str | None] = []
+        self.named: list[bool] = []  # per answer: was the person named
         self.errors = 0
         self.sent = 0
+        self.camera_frames = 0
+        self._in_flight: tuple[int, float] | None = None
+        self._answered = threading.Event()
         self.sio.on("faces", self._on_faces, namespace="/live")
         self.sio.on("error", self._on_error, namespace="/live")
-        self.sio.connect(url, namespaces=["/live"], transports=["websocket"], headers=headers or {})
+        self.sio.on("rate", self._on_rate, namespace="/live")
+        self.sio.connect(url, namespaces=["/live"], transports=["websocket"], headers=headers or {},
+                         auth={"fps": fps}, wait_timeout=30)
 
     def _on_faces(self, data: dict) -> None:
         sent = self.sent_at.pop(data["frame_id"], None)
         if sent is not None:
             self.latencies.append(1000 * (time.perf_counter() - sent))
             self.server_ms.append(data["ms"])
-            self.names.extend(face["name"] for face in data["faces"])
+            self.named.append(any(face["name"] == NAME for face in data["faces"]))
+        self._settle(data["frame_id"])
 
     def _on_error(self, data: dict) -> None:
         self.errors += 1
+        self._settle(data.get("frame_id"))
+
+    def _on_rate(self, data: dict) -> None:
+        self.given, self.busy = float(data["fps"]), data.get("reason")
+        self.given_min = self.given if self.given_min is None else min(self.given_min, self.given)
+        self._answered.set()
+
+    def _settle(self, frame_id) -> None:
+        if self._in_flight is not None and self._in_flight[0] == frame_id:
+            self._in_flight = None
+        self._answered.set()
 
     def run(self, seconds: float) -> None:
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            self.sent_at[self.sent] = time.perf_counter()
-            self.sio.emit("frame", self.frames[self.sent % len(self.frames)], namespace="/live")
-            self.sent += 1
-            next_at = start + self.sent * self.period
-            time.sleep(max(0.0, next_at - time.perf_counter()))
+        """Be a camera for `seconds`: send the newest unsent camera frame whenever nothing is in flight."""
+        start = time.perf_counter() - self.phase  # its camera's clock ticks `phase` seconds out of step
+        last_index, tokens, filled = -1, 2.0, start
+        period = 1.0 / self.fps
+        while (now := time.perf_counter()) - start < seconds + self.phase:
+            index = int((now - start) / period)  # the camera's newest frame
+            if self._in_flight is not None and now - self._in_flight[1] > FRAME_TIMEOUT_S:
+                self._in_flight = None  # given up, as the live page does
+            rate = self.fps if self.given is None else min(self.fps, self.given)
+            tokens, filled = min(2.0, tokens + (now - filled) * rate), now  # the given rate as a token bucket
+            if self._in_flight is None and index > last_index and tokens >= 1.0:
+                last_index = index
+                tokens -= 1.0
+                frame_id = self.sent
+                self.sent_at[frame_id] = now
+                self._in_flight = (frame_id, now)
+                self._answered.clear()
+                self.sio.emit("frame", self.frames[(index + self.offset) % len(self.frames)], namespace="/live")
+                self.sent += 1
+                continue
+            wake = start + (index + 1) * period
+            if rate > 0 and tokens < 1.0:
+                wake = max(wake, now + (1.0 - tokens) / rate)
+            self._answered.wait(max(0.0, min(wake - now, 0.05)))
+        self.camera_frames = int(seconds * self.fps)
         time.sleep(0.5)  # let the last answers arrive
-        self.sio.disconnect()
+
+    def close(self) -> None:
+        threading.Thread(target=self.sio.disconnect, daemon=True).start()
 
 
 def process_usage(pid: int) -> tuple[float, float]:
@@ -173,14 +229,68 @@ def naive_fps(frames: list[bytes], seconds: float = 10.0) -> float:
     return done / (time.perf_counter() - start)
 
 
+def percentile(values, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if len(values) else None
+
+
+def run_clients(base: str, headers: dict, frames: list[bytes], count: int, fps: float, seconds: float,
+                pid: int) -> dict:
+    """`count` camera clients for `seconds` against the running server; their figures and the server's usage."""
+    # Each camera is at its own place in the video and ticks at its own moments: cameras are not in step.
+    clients = [Client(base, frames, fps, headers, offset=CAMERA_OFFSET * i, phase=i / count / fps)
+               for i in range(count)]
+    try:
+        time.sleep(0.5)  # every client has its rate before the cameras start
+        cpu0, _ = process_usage(pid)
+        wall0 = time.perf_counter()
+        threads = [threading.Thread(target=c.run, args=(seconds,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        cpu1, rss_mb = process_usage(pid)
+        cpu_percent = 100 * (cpu1 - cpu0) / (time.perf_counter() - wall0)
+    finally:
+        for c in clients:
+            c.close()
+    latencies = np.concatenate([c.latencies for c in clients])
+    server_ms = np.concatenate([c.server_ms for c in clients])
+    per_client = [len(c.latencies) / seconds for c in clients]
+    named = [n for c in clients for n in c.named]
+    given = [c.given_min for c in clients if c.given_min is not None]
+    return {
+        "clients": count,
+        "client_fps": fps,
+        "fps_min": round(min(per_client), 1),
+        "fps_mean": round(float(np.mean(per_client)), 1),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "server_p50_ms": percentile(server_ms, 50),
+        "answered": len(latencies),
+        "sent": sum(c.sent for c in clients),
+        "camera_frames": sum(c.camera_frames for c in clients),
+        "errors": sum(c.errors for c in clients),
+        "named_share": round(sum(named) / max(len(named), 1), 3),
+        "given_fps_min": min(given) if given else None,
+        "busy": next((c.busy for c in reversed(clients) if c.busy), None),
+        "cpu_percent": round(cpu_percent, 1),
+        "rss_mb": round(rss_mb, 1),
+    }
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--clients", default="1", help="client counts, comma-separated (one run each)")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--fps", type=float, default=30)
+    parser.add_argument("--fps", type=float, default=30, help="each client's camera rate")
     parser.add_argument("--naive-seconds", type=float, default=10)
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds of streaming before the first run (the workers load their models)")
     parser.add_argument("--server", default="server.py", help="script (and args) that starts the app")
     args = parser.parse_args()
+    counts = [int(n) for n in args.clients.split(",")]
 
     person_dir = FACES_DIR / "celeba" / PERSON
     if not person_dir.is_dir():
@@ -188,6 +298,7 @@ def main() -> dict:
     photo_paths = sorted(person_dir.glob("*.jpg"))
     frames = make_frames([load_image(p) for p in photo_paths[3:8]], 270)
 
+    runs = []
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         proc, start_s = start_server(data_dir, port, args.server)
@@ -195,46 +306,24 @@ def main() -> dict:
             base = f"http://127.0.0.1:{port}"
             session = login(base)
             enroll(session, base, photo_paths[:3])
-            clients = [Client(base, frames, args.fps, cookie_header(session)) for _ in range(args.clients)]
-            cpu0, _ = process_usage(proc.pid)
-            wall0 = time.perf_counter()
-            threads = [threading.Thread(target=c.run, args=(args.seconds,)) for c in clients]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            cpu1, rss_mb = process_usage(proc.pid)
-            cpu_percent = 100 * (cpu1 - cpu0) / (time.perf_counter() - wall0)
+            if args.warmup > 0:
+                run_clients(base, cookie_header(session), frames, min(max(counts), 4), args.fps, args.warmup, proc.pid)
+            for count in counts:
+                time.sleep(args.pause)
+                run = run_clients(base, cookie_header(session), frames, count, args.fps, args.seconds, proc.pid)
+                print(json.dumps(run), file=sys.stderr)
+                runs.append(run)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
 
-    latencies = np.concatenate([c.latencies for c in clients]) if clients else np.zeros(0)
-    answered = sum(len(c.latencies) for c in clients)
-    sent = sum(c.sent for c in clients)
-    names = [n for c in clients for n in c.names]
-    server_ms = np.concatenate([c.server_ms for c in clients]) if clients else np.zeros(0)
-    naive = naive_fps(frames, args.naive_seconds)
-    fps = answered / args.clients / args.seconds
+    naive = naive_fps(frames, args.naive_seconds) if args.naive_seconds > 0 else None
     result = {
-        "fps": round(fps, 1),
-        "p50_ms": round(float(np.percentile(latencies, 50)), 1) if answered else None,
-        "p95_ms": round(float(np.percentile(latencies, 95)), 1) if answered else None,
-        "p99_ms": round(float(np.percentile(latencies, 99)), 1) if answered else None,
-        "server_p50_ms": round(float(np.percentile(server_ms, 50)), 1) if answered else None,
-        "answered": answered,
-        "sent": sent,
-        "errors": sum(c.errors for c in clients),
-        "named_share": round(sum(n == "Bench Person" for n in names) / max(len(names), 1), 3),
-        "naive_fps": round(naive, 1),
-        "speedup": round(fps / naive, 2),
-        "clients": args.clients,
-        "rss_mb": round(rss_mb, 1),
-        "cpu_percent": round(cpu_percent, 1),
+        "runs": runs,
+        "naive_fps": None if naive is None else round(naive, 1),
+        "speedup": round(runs[0]["fps_mean"] / naive, 2) if naive else None,
         "start_s": round(start_s, 2),
     }
-    for key, value in result.items():
-        print(f"{key}: {value}", file=sys.stderr)
     print(json.dumps(result))
     return result
 

@@ -1,11 +1,12 @@
 """Soak test on loopback: live clients stream frames while another client enrolls people.
 
-    python bench/soak.py [--seconds 60] [--clients 4] [--fps 15] [--photos 3] [--enroll-pause 1]
+    python bench/soak.py [--seconds 60] [--clients 16] [--fps 15] [--photos 3] [--enroll-pause 1]
 
 Starts `server.py` on 127.0.0.1 with a fresh data dir and an admin password,
-logs in and waits for the model. Then N python-socketio clients each send
-640x480 JPEG frames (CelebA portraits sliding across a grey background) at F
-fps, while one more client enrolls people from the CelebA folders, --photos
+logs in and waits for the model. Then N python-socketio clients, each a camera
+of 640x480 JPEG frames (CelebA portraits sliding across a grey background) at F
+fps with one frame in flight and the server's rate obeyed (bench/live.py's
+Client), stream while one more client enrolls people from the CelebA folders, --photos
 photos each, one after another with --enroll-pause seconds between. The first
 --warmup seconds run every path once (first-use allocations are not growth);
 the next --seconds are measured, the server's RSS sampled every second.
@@ -18,8 +19,10 @@ rss_start_mb (after the warm-up), rss_end_mb, rss_growth_mb, rss_max_mb, rss_eve
 failed enrollments, tracebacks or errors in the server log, a dead server),
 p50/p95/p99_ms (frame sent to its `faces` received; frames replaced before
 their turn are never answered and not counted), answered, sent, fps (answered
-per client per second), enrollments, enroll_p50_ms, enroll_p99_ms, and the
-settings. ws_close_noise counts werkzeug log lines from closing WebSockets.
+per client per second) and fps_min (the slowest client's), named_share (answers
+naming the streamed person), given_fps_min (the lowest rate the server gave),
+enrollments, enroll_p50_ms, enroll_p99_ms, and the settings. ws_close_noise
+counts werkzeug log lines from closing WebSockets.
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ def percentile(values, q: float) -> float | None:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--fps", type=float, default=15)
     parser.add_argument("--photos", type=int, default=3, help="photos per enrolled person")
     parser.add_argument("--max-enrollments", type=int, default=200)
@@ -183,6 +186,8 @@ def main() -> dict:
             enroller.stop()
             for thread in threads:
                 thread.join(150)
+            for client in clients:
+                client.close()
             alive = proc.poll() is None
             people = session.get(f"{base}/api/status", timeout=10).json()["people"] if alive else None
         finally:
@@ -209,6 +214,9 @@ def main() -> dict:
         "answered": answered,
         "sent": sent,
         "fps": round(answered / args.clients / args.seconds, 1),
+        "fps_min": round(min(len(c.latencies) - m[0] for c, m in zip(clients, marks)) / args.seconds, 1),
+        "named_share": round(float(np.mean([n for c, m in zip(clients, marks) for n in c.named[m[0]:]] or [0])), 3),
+        "given_fps_min": min((c.given_min for c in clients if c.given_min is not None), default=None),
         "enrollments": enroller.done - enroll_mark[0],
         "people": people,
         "enroll_p50_ms": percentile(enroll_latencies, 50),

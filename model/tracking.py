@@ -1,78 +1,70 @@
-"""Follow faces across the frames of one video stream, so most frames skip detection and embedding.
+"""Follow faces across the frames of one video stream, and decide who each face is from all of its frames.
 
-Per frame, `FaceTracker.update` does one of two cheap things and one rare one:
+Time drives the work, not frame counts: `now` is each frame's stream time in seconds
+(the web app uses the time the frame arrived). A stream whose frames are dropped under
+load gets about the same detections and embeddings per second of video, its faces are
+predicted across the gaps, and its tracks survive them.
 
-- detection frames (every `detect_every` frames, or when nothing is tracked):
-  HOG on a scaled-down copy, then detections are paired with tracks by box overlap;
-- the frames between: each track's landmarks are refitted inside its last box
-  (about 1 ms a face) and the box follows the landmarks;
-- embedding runs for new tracks at once, for unsettled tracks every
-  `recheck_every` frames and for settled ones every `reembed_every` frames
-  (so a different person stepping into the same place is noticed); all faces
-  due in a frame go in one batch.
+Per frame, `FaceTracker.update`:
 
-A track also remembers a tiny grayscale thumbnail of its face from the last
-embedding. When the face in the box stops looking like it (correlation below
-`change_corr`; another person's face scores at most about 0.7 on CelebA,
-the same face moving about 1.0), the old decisions are dropped and the face
-is embedded again at once, so a different person in the same place is named
-on the next frame, not after several re-checks.
-
-Each track keeps its last `votes` decisions and reports the most common one,
-so a name does not flicker when one frame's similarity dips below the threshold.
+1. A frame of another size ends every track (its boxes belong to another picture).
+2. Follow: each box moves by its track's velocity over the time since the last frame,
+   then the 5 landmarks are refitted inside it (about 1 ms a face) and the box follows them.
+3. Look: a 24x24 grey picture of each face, placed from the landmarks, is compared with the
+   one kept from its last embedding. Below `change_corr` (another person at the same place
+   scores at most about 0.7 on CelebA, the same face moving about 1.0), or nothing there (a
+   blank crop), the track is in doubt: its face left, or someone else stands there.
+4. Detect, on a copy scaled to `max_side`, when a track is in doubt; when the picture changed
+   outside the tracked people (a grey 32x24 thumbnail against the one of the last detection)
+   and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
+   anyway. A detection continues the
+   track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
+   frames). A track without a detection ends when it is in doubt, else after `max_misses`
+   detections; the other detections start tracks.
+5. Embed, in one batch, every track that is due: new and doubted tracks at once, the others
+   every `recheck_s` until their evidence settles, then every `reembed_s`.
+6. Decide on the track, not the frame: its unit embeddings are summed, each weighted by face
+   size (1 from `full_face_px` up, (side / full_face_px)^2 below; the oldest fade once the
+   weight passes `evidence_cap`), and the fused vector is matched. A name needs
+   `name_evidence` of weight, so one small face never names anybody, and one stray frame in a
+   long track is outweighed by the rest. An embedding whose cosine to the fused one is below
+   the threshold is someone else: the evidence starts again from it.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import dataclasses
+import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
-
-import cv2
 
 from model.detect import Face, box_iou
 from model.gallery import Gallery, Match
 from model.recognizer import Recognition, Recognizer
 
-
-@dataclass
-class Track:
-    """One face followed across frames."""
-
-    track_id: int
-    face: Face
-    born: int
-    last_embedded: int = -(10**9)
-    misses: int = 0
-    decisions: deque = field(default_factory=lambda: deque(maxlen=3))
-    looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
-    # The last embedding's backbone features and embedding, for callers that keep the face (the inbox).
-    features: NDArray[np.float32] | None = None
-    embedding: NDArray[np.float32] | None = None
-
-    def label(self) -> Match | None:
-        """The most common recent decision (ties go to the newest), or None before any."""
-        if not self.decisions:
-            return None
-        counts = Counter(match.person_id for match in self.decisions)
-        top = max(counts.values())
-        for match in reversed(self.decisions):
-            if counts[match.person_id] == top:
-                return match
-        return None  # unreachable
-
-    def settled(self) -> bool:
-        """True when every remembered decision agrees and the memory is full."""
-        return len(self.decisions) == self.decisions.maxlen and len({m.person_id for m in self.decisions}) == 1
-
-
+# Match.reason of a track whose fused embedding names someone on less than name_evidence of weight.
+PENDING = "not enough frames of this face yet"
 APPEARANCE_SIDE = 24
+# The whole frame as a grey thumbnail this size (cells of 20x20 pixels at 640x480), to see whether it changed.
+SCENE_SIZE = (32, 24)
+# A cell changed when its grey level moved more than this (0..255); the picture changed when this share of
+# the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
+# changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
+SCENE_LEVEL = 12.0
+SCENE_SHARE = 0.01
+SCENE_JUMP = 0.05
+# Around a tracked face, this much (in face widths: left, right, above, below) is taken as its person,
+# whose moving shoulders and hair are no reason to look for new faces.
+PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
+# Velocities are smoothed: the newest frame's counts this much.
+VELOCITY_SMOOTHING = 0.5
 
 
 def appearance(frame: NDArray[np.uint8], face: Face) -> NDArray[np.float32] | None:
-    """A tiny zero-mean, unit-length grayscale picture of the face (None when it is off the frame).
+    """A tiny zero-mean, unit-length grayscale picture of the face (None when it is off the frame or blank).
 
     The square is placed from the landmarks, not the box: detector boxes jitter
     by several pixels between frames, the landmarks much less.
@@ -89,119 +81,331 @@ def appearance(frame: NDArray[np.uint8], face: Face) -> NDArray[np.float32] | No
     small = cv2.resize(gray, (APPEARANCE_SIDE, APPEARANCE_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
     small = small.ravel() - small.mean()
     norm = float(np.linalg.norm(small))
-    return small / norm if norm > 0 else None
+    return small / norm if norm > 1.0 else None  # under 1 grey level of contrast in all: nothing is there
+
+
+def scene(frame: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """The frame as a float32 [24, 32] grey thumbnail (see SCENE_SIZE)."""
+    small = cv2.resize(np.ascontiguousarray(frame), SCENE_SIZE, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def face_weight(face: Face, full_face_px: float) -> float:
+    """How much one embedding of this face counts: 1 from full_face_px up, (side / full_face_px)^2 below."""
+    side = min(face.width, face.height)
+    return float(min(1.0, max(0.01, (side / full_face_px) ** 2)))
+
+
+def _centre(face: Face) -> NDArray[np.float64]:
+    return np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2], dtype=np.float64)
+
+
+def _moved(face: Face, shift: NDArray[np.float64]) -> Face:
+    """The face moved by shift (x, y) pixels, box and points alike."""
+    box = np.round(face.box + np.r_[shift, shift]).astype(np.int32)
+    keypoints = None if face.keypoints is None else (face.keypoints + shift).astype(np.float32)
+    return Face(box=box, landmarks=(face.landmarks + shift).astype(np.float32), score=face.score, keypoints=keypoints)
+
+
+@dataclass
+class Evidence:
+    """A track's embeddings so far: their weighted sum, total weight and count."""
+
+    total: NDArray[np.float64] | None = None
+    weight: float = 0.0
+    count: int = 0
+
+    def add(self, embedding: NDArray[np.float32], weight: float, cap: float) -> None:
+        """Add one unit embedding; past `cap` of total weight the older ones are scaled down (an exponential mean)."""
+        if self.total is None:
+            self.total = np.zeros(len(embedding), dtype=np.float64)
+        if self.weight + weight > cap and self.weight > 0:
+            keep = max(0.0, cap - weight) / self.weight
+            self.total *= keep
+            self.weight *= keep
+        self.total += weight * np.asarray(embedding, dtype=np.float64)
+        self.weight += weight
+        self.count += 1
+
+    def fused(self) -> NDArray[np.float32]:
+        """The fused embedding: float32 [D], unit length."""
+        return (self.total / max(float(np.linalg.norm(self.total)), 1e-12)).astype(np.float32)
+
+    def cosine(self, embedding: NDArray[np.float32]) -> float:
+        return float(self.fused() @ embedding)
+
+
+@dataclass
+class Track:
+    """One face followed across frames; times are stream seconds."""
+
+    track_id: int
+    face: Face
+    born: float
+    seen: float
+    velocity: NDArray[np.float64] = field(default_factory=lambda: np.zeros(2))  # box centre, pixels per second
+    misses: int = 0
+    doubt: bool = False
+    last_embedded: float = float("-inf")
+    looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
+    at_detection: NDArray[np.int32] | None = None  # its box at the last detection
+    evidence: Evidence = field(default_factory=Evidence)
+    match: Match | None = None  # the fused embedding's match; None before the first embedding
+    # The last embedding's backbone features and embedding, for callers that keep the face (the inbox).
+    features: NDArray[np.float32] | None = None
+    embedding: NDArray[np.float32] | None = None
+
+    def decision(self, name_evidence: float) -> Match | None:
+        """The match to report: the fused one, without its name while the evidence is thinner than name_evidence."""
+        if self.match is None or self.match.person_id is None or self.evidence.weight >= name_evidence - 1e-9:
+            return self.match
+        return dataclasses.replace(self.match, person_id=None, reason=PENDING)
 
 
 class FaceTracker:
-    """Tracks, labels and votes for the faces of one stream. Not thread-safe: one per stream.
+    """Tracks, fused evidence and decisions for the faces of one stream. Not thread-safe: one per stream.
 
-    :param recognizer: a loaded Recognizer.
-    :param detect_every: run the detector on every n-th frame (1 = every frame).
-    :param recheck_every: re-embed a track whose recent decisions disagree after this many frames.
-    :param reembed_every: re-embed a settled track after this many frames.
-    :param votes: how many recent decisions a track's label is voted from.
+    :param recognizer: a loaded Recognizer (`recognizer` may be swapped for a twin between frames).
+    :param detect_every_s: while the picture changes outside the tracked people, detect at most this often.
+    :param detect_still_s: detect at least this often, changed or not.
+    :param recheck_s: re-embed a track this often until its evidence reaches settle_evidence.
+    :param reembed_s: re-embed a settled track this often.
     :param max_side: detect on a copy scaled so its longer side is at most this.
     :param upsample: detector upsampling for the scaled copy.
-    :param min_iou: a detection continues a track when their boxes overlap this much.
-    :param max_misses: drop a track after this many detection frames without it.
-    :param change_corr: below this appearance correlation a track is re-identified from scratch.
+    :param min_iou: a detection continues a track when their boxes overlap this much...
+    :param max_jump: ...or when its centre is within this many face sizes and its size within 2x.
+    :param max_misses: a track that still looks like itself survives this many detections without it.
+    :param change_corr: below this appearance correlation a track is in doubt.
+    :param full_face_px: faces this big (shorter box side, pixels) count 1 in the evidence.
+    :param name_evidence: a track is named only on at least this much evidence.
+    :param settle_evidence: evidence after which re-embedding slows from recheck_s to reembed_s.
+    :param evidence_cap: past this weight older embeddings fade.
+    :param max_gap_s: no motion is predicted over longer gaps between frames.
     """
 
     def __init__(
         self,
         recognizer: Recognizer,
         *,
-        detect_every: int = 5,
-        recheck_every: int = 5,
-        reembed_every: int = 15,
-        votes: int = 3,
+        detect_every_s: float = 0.2,
+        detect_still_s: float = 1.0,
+        recheck_s: float = 0.2,
+        reembed_s: float = 2.0,
         max_side: int | None = 480,
         upsample: int = 0,
         min_iou: float = 0.3,
+        max_jump: float = 1.0,
         max_misses: int = 1,
         change_corr: float = 0.8,
+        full_face_px: float = 100.0,
+        name_evidence: float = 1.0,
+        settle_evidence: float = 2.0,
+        evidence_cap: float = 10.0,
+        max_gap_s: float = 1.0,
     ):
         self.recognizer = recognizer
-        self.detect_every = max(1, detect_every)
-        self.recheck_every = recheck_every
-        self.reembed_every = reembed_every
-        self.votes = votes
-        self.max_side = max_side
-        self.upsample = upsample
-        self.min_iou = min_iou
-        self.max_misses = max_misses
+        self.detect_every_s, self.detect_still_s = detect_every_s, detect_still_s
+        self.recheck_s, self.reembed_s = recheck_s, reembed_s
+        self.max_side, self.upsample = max_side, upsample
+        self.min_iou, self.max_jump, self.max_misses = min_iou, max_jump, max_misses
         self.change_corr = change_corr
+        self.full_face_px, self.name_evidence = full_face_px, name_evidence
+        self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
+        self.max_gap_s = max_gap_s
         self.tracks: list[Track] = []
-        self.frame_index = -1
+        self.detections = 0  # detector runs so far
+        self.embedded = 0  # faces embedded so far
         self._next_id = 0
+        self._shape: tuple[int, ...] | None = None
+        self._last_detection: float | None = None
+        self._scene: NDArray[np.float32] | None = None
+        self._head = getattr(recognizer, "head", None)
+        self._rematch = False
 
-    def update(self, frame: NDArray[np.uint8], gallery: Gallery) -> list[Recognition]:
+    def update(self, frame: NDArray[np.uint8], gallery: Gallery, now: float | None = None) -> list[Recognition]:
         """Process the next frame of the stream (RGB uint8) and report every tracked face.
 
-        Each Recognition carries its track id, the voted match, and the features and
-        embedding of the track's last embedding (not necessarily this frame's).
+        :param now: the frame's stream time in seconds (default: time.monotonic()); never decreasing.
+        :return: one Recognition per track, with its track id, its decision (see Track.decision),
+            and the features and embedding of its last embedding (not necessarily this frame's).
         """
-        self.frame_index += 1
-        if not self.tracks or self.frame_index % self.detect_every == 0:
-            self._detect(frame)
-        else:
-            self._follow(frame)
-        looks = {t.track_id: appearance(frame, t.face) for t in self.tracks}
+        now = time.monotonic() if now is None else float(now)
+        if frame.shape[:2] != self._shape:
+            self.reset()
+            self._shape = frame.shape[:2]
+        self._notice_new_head()
+        before = {t.track_id: (_centre(t.face), t.seen) for t in self.tracks}
+        self._follow(frame, now)
+        looks = self._look(frame)
+        thumbnail = scene(frame)
+        if self._detection_due(now, thumbnail):
+            self._detect(frame, now)
+            self._last_detection, self._scene = now, thumbnail
+            looks = self._look(frame)
+        self._embed_due(frame, gallery, now, looks)
+        if self._rematch:
+            self._match([t for t in self.tracks if t.evidence.count], gallery)
+            self._rematch = False
         for track in self.tracks:
-            self._notice_change(track, looks[track.track_id])
-        self._embed_due(frame, gallery, looks)
+            self._update_velocity(track, before.get(track.track_id), now)
+            track.seen = now
         return [
-            Recognition(t.face, t.label(), track_id=t.track_id, features=t.features, embedding=t.embedding)
+            Recognition(t.face, t.decision(self.name_evidence), track_id=t.track_id, features=t.features,
+                        embedding=t.embedding)
             for t in self.tracks
-            if t.decisions
+            if t.match is not None
         ]
 
     def reset(self) -> None:
-        """Forget all tracks (e.g. after the gallery or head changed)."""
+        """End every track (e.g. after a frame of another size)."""
         self.tracks = []
+        self._last_detection, self._scene = None, None
 
-    def _detect(self, frame: NDArray[np.uint8]) -> None:
-        faces = self.recognizer.find_faces(frame, upsample=self.upsample, max_side=self.max_side)
-        unmatched = list(range(len(faces)))
-        for track in sorted(self.tracks, key=lambda t: t.born):
-            overlaps = [(box_iou(track.face.box, faces[i].box), i) for i in unmatched]
-            best = max(overlaps, default=(0.0, -1))
-            if best[0] >= self.min_iou:
-                track.face, track.misses = faces[best[1]], 0
-                unmatched.remove(best[1])
-            else:
-                track.misses += 1
-        self.tracks = [t for t in self.tracks if t.misses <= self.max_misses]
-        for i in unmatched:
-            self.tracks.append(Track(self._next_id, faces[i], born=self.frame_index, decisions=deque(maxlen=self.votes)))
-            self._next_id += 1
+    def gallery_changed(self) -> None:
+        """The gallery changed: match every track's fused embedding again on the next frame (nothing is re-embedded)."""
+        self._rematch = True
 
-    def _follow(self, frame: NDArray[np.uint8]) -> None:
-        """Refit landmarks inside each box and move the box with them."""
-        for track in self.tracks:
-            refit = self.recognizer.detector.refit(frame, track.face)
-            if refit is not None:
-                track.face = refit
+    # --- the steps -----------------------------------------------------------------
 
-    def _notice_change(self, track: Track, looks: NDArray[np.float32] | None) -> None:
-        """Forget a track's decisions when its face no longer looks like the one last embedded."""
-        if track.looks is None or looks is None:
+    def _notice_new_head(self) -> None:
+        """Embeddings of another head live in another space: every track's evidence starts again."""
+        head = getattr(self.recognizer, "head", None)
+        if head is self._head:
             return
-        if float(track.looks @ looks) < self.change_corr:
-            track.decisions.clear()
+        self._head = head
+        for track in self.tracks:
+            track.evidence, track.last_embedded = Evidence(), float("-inf")
 
-    def _embed_interval(self, track: Track) -> int:
-        if not track.decisions:
-            return 0
-        return self.reembed_every if track.settled() else self.recheck_every
+    def _follow(self, frame: NDArray[np.uint8], now: float) -> None:
+        """Move each box by its velocity, refit the landmarks inside and let the box follow them."""
+        height, width = frame.shape[:2]
+        kept = []
+        for track in self.tracks:
+            dt = now - track.seen
+            face = track.face
+            if 0 < dt <= self.max_gap_s and track.velocity.any():
+                size = max(face.width, face.height, 1)
+                shift = np.clip(track.velocity * dt, -size, size)
+                centre = _centre(face) + shift
+                shift += np.clip(centre, 0, [width - 1, height - 1]) - centre  # the centre stays in the frame
+                face = _moved(face, shift)
+            refit = self.recognizer.detector.refit(frame, face)
+            if refit is None:  # the box left the frame
+                continue
+            track.face = refit
+            kept.append(track)
+        self.tracks = kept
 
-    def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery, looks: dict) -> None:
-        due = [t for t in self.tracks if self.frame_index - t.last_embedded >= self._embed_interval(t)]
+    def _look(self, frame: NDArray[np.uint8]) -> dict[int, NDArray[np.float32] | None]:
+        """Each track's appearance now; a track whose face is gone or changed is put in doubt."""
+        looks = {t.track_id: appearance(frame, t.face) for t in self.tracks}
+        for track in self.tracks:
+            now_looks = looks[track.track_id]
+            if now_looks is None:
+                track.doubt = True  # nothing there: the face left or is covered
+            else:
+                track.doubt = track.looks is not None and float(track.looks @ now_looks) < self.change_corr
+        return looks
+
+    def _detection_due(self, now: float, thumbnail: NDArray[np.float32]) -> bool:
+        if self._last_detection is None or any(t.doubt for t in self.tracks):
+            return True
+        since = now - self._last_detection
+        if since >= self.detect_still_s:
+            return True
+        change = self._scene_change(thumbnail)
+        return change >= SCENE_JUMP or (since >= self.detect_every_s and change >= SCENE_SHARE)
+
+    def _scene_change(self, thumbnail: NDArray[np.float32]) -> float:
+        """The share of the picture that changed since the last detection, outside the tracked people (then and now)."""
+        changed = np.abs(thumbnail - self._scene) > SCENE_LEVEL
+        rows, cols = thumbnail.shape
+        cell_w, cell_h = self._shape[1] / cols, self._shape[0] / rows
+        outside = np.ones_like(changed)
+        left_m, right_m, top_m, bottom_m = PERSON_MARGINS
+        for track in self.tracks:
+            for box in (track.face.box, track.at_detection):
+                if box is None:
+                    continue
+                w, h = box[2] - box[0], box[3] - box[1]
+                c0, c1 = int((box[0] - left_m * w) // cell_w), int(np.ceil((box[2] + right_m * w) / cell_w))
+                r0, r1 = int((box[1] - top_m * h) // cell_h), int(np.ceil((box[3] + bottom_m * h) / cell_h))
+                outside[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = False
+        return float(changed[outside].mean()) if outside.any() else 0.0
+
+    def _detect(self, frame: NDArray[np.uint8], now: float) -> None:
+        faces = self.recognizer.find_faces(frame, upsample=self.upsample, max_side=self.max_side)
+        self.detections += 1
+        pairs = []
+        for ti, track in enumerate(self.tracks):
+            size = max(track.face.width, track.face.height, 1)
+            for fi, face in enumerate(faces):
+                overlap = box_iou(track.face.box, face.box)
+                if overlap >= self.min_iou:
+                    pairs.append((1.0 + overlap, ti, fi))
+                    continue
+                near = float(np.linalg.norm(_centre(face) - _centre(track.face))) / size
+                if near <= self.max_jump and 0.5 <= max(face.width, face.height) / size <= 2.0:
+                    pairs.append((1.0 - near / (self.max_jump + 1e-9) * 0.999, ti, fi))
+        taken_tracks, taken_faces = set(), set()
+        for _, ti, fi in sorted(pairs, reverse=True):
+            if ti in taken_tracks or fi in taken_faces:
+                continue
+            taken_tracks.add(ti)
+            taken_faces.add(fi)
+            track = self.tracks[ti]
+            track.face, track.misses, track.at_detection = faces[fi], 0, faces[fi].box.copy()
+        kept = []
+        for ti, track in enumerate(self.tracks):
+            if ti not in taken_tracks:
+                track.misses += 1
+                if track.doubt or track.misses > self.max_misses:
+                    continue  # gone: a blank or changed place with no face found there ends its track
+            kept.append(track)
+        self.tracks = kept
+        for fi, face in enumerate(faces):
+            if fi not in taken_faces:
+                self.tracks.append(Track(self._next_id, face, born=now, seen=now, at_detection=face.box.copy()))
+                self._next_id += 1
+
+    def _interval(self, track: Track) -> float:
+        return self.reembed_s if track.evidence.weight >= self.settle_evidence else self.recheck_s
+
+    def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery, now: float, looks: dict) -> None:
+        due = [
+            t for t in self.tracks
+            if not t.evidence.count or t.doubt or now - t.last_embedded >= self._interval(t)
+        ]
         if not due:
             return
-        decided = self.recognizer.decide(frame, [t.face for t in due], gallery)  # one batch for every face due
-        for track, seen in zip(due, decided):
-            track.decisions.append(seen.match)
-            track.last_embedded = self.frame_index
-            track.looks = looks[track.track_id]
-            track.features, track.embedding = seen.features, seen.embedding  # None for a face too small
+        features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
+        embeddings = self.recognizer.embed(features)
+        self.embedded += len(due)
+        same_person = self.recognizer.threshold
+        for track, feature, embedding in zip(due, features, embeddings):
+            if track.evidence.count and track.evidence.cosine(embedding) < same_person:
+                track.evidence = Evidence()  # someone else stands there now: start again from this face
+            track.evidence.add(embedding, face_weight(track.face, self.full_face_px), self.evidence_cap)
+            track.features, track.embedding = feature, embedding
+            track.looks, track.last_embedded, track.doubt = looks.get(track.track_id), now, False
+        self._match(due, gallery)
+
+    def _match(self, tracks: list[Track], gallery: Gallery) -> None:
+        if not tracks:
+            return
+        matches = gallery.match(np.stack([t.evidence.fused() for t in tracks]), self.recognizer.rule)
+        for track, match in zip(tracks, matches):
+            track.match = match
+
+    def _update_velocity(self, track: Track, before: tuple | None, now: float) -> None:
+        if before is None:
+            return
+        centre, seen = before
+        dt = now - seen
+        if dt <= 0:
+            return
+        if dt > self.max_gap_s:  # the stream paused: where the face went says nothing about its speed
+            track.velocity = np.zeros(2)
+            return
+        measured = (_centre(track.face) - centre) / dt
+        track.velocity = (1 - VELOCITY_SMOOTHING) * track.velocity + VELOCITY_SMOOTHING * measured

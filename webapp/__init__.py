@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import auth, db, errors, events, inbox_store, people_store, security, settings
+from webapp import auth, db, errors, events, files, inbox_store, people_store, security, settings
 from webapp.extensions import socketio
 from webapp.reembed import Reembedder
 from webapp.service import FaceService
@@ -50,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_FRAME_BYTES"] = int(app.config["MAX_FRAME_MB"] * MB)
 
     db.init_app(app)
+    files.make_private(data_dir)  # after the database file exists; SQLite gives its -wal/-shm files its mode
     _sweep(app)
     service = _face_service(app)
     app.extensions["faces"] = service
@@ -96,8 +97,6 @@ def _face_service(app: Flask) -> FaceService:
         min_face=app.config["MIN_FACE_PX"],
         live_max_side=app.config["LIVE_MAX_SIDE"],
         live_upsample=app.config["LIVE_UPSAMPLE"],
-        live_detect_every=app.config["LIVE_DETECT_EVERY"],
-        live_reembed_every=app.config["LIVE_REEMBED_EVERY"],
         recognize_upsample=app.config["RECOGNIZE_UPSAMPLE"],
         max_frame_bytes=app.config["MAX_FRAME_BYTES"],
     )

@@ -9,7 +9,7 @@ from werkzeug.exceptions import BadRequest
 
 from model.images import ImageError, decode_image
 from model.quality import POSES
-from webapp import people_store
+from webapp import forget, import_jobs, people_moves, people_store
 from webapp.db import get_db
 from webapp.payloads import enrollment_json, face_json, faces_json, person_json, photo_json, read_box, read_uploads
 from webapp.security import parse_row_id
@@ -49,7 +49,11 @@ def list_people():
 
 @bp.post("/people")
 def create_person():
-    row = people_store.create_person(get_db(), _service(), _json_body().get("name"))
+    body = _json_body()
+    if "photo_ids" in body:  # split: these stored photos become the new person's
+        row = people_moves.split_photos(get_db(), _service(), body.get("name"), people_moves.row_ids(body["photo_ids"]))
+    else:
+        row = people_store.create_person(get_db(), _service(), body.get("name"))
     return jsonify(person_json(row)), 201
 
 
@@ -69,8 +73,15 @@ def rename_person(person_id: int):
 
 @bp.delete("/people/<int:person_id>")
 def delete_person(person_id: int):
-    people_store.delete_person(get_db(), _service(), current_app.config["DATA_DIR"], person_id)
+    forget.delete_person(get_db(), _service(), current_app.config["DATA_DIR"], person_id)
     return jsonify(deleted=person_id)
+
+
+@bp.post("/people/<int:person_id>/merge")
+def merge_person(person_id: int):
+    """{"into": id}: this person's photos, corrections and history become `into`'s; answers `into`."""
+    into = people_moves.row_id(_json_body().get("into"), "into")
+    return jsonify(person_json(people_moves.merge_people(get_db(), _service(), person_id, into)))
 
 
 @bp.post("/people/<int:person_id>/photos")
@@ -89,6 +100,35 @@ def add_photos(person_id: int):
 def delete_photo(photo_id: int):
     people_store.delete_photo(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
     return jsonify(deleted=photo_id)
+
+
+@bp.patch("/photos/<int:photo_id>")
+def move_photo(photo_id: int):
+    """{"person_id": id}: the photo becomes that person's; answers the photo."""
+    person_id = people_moves.row_id(_json_body().get("person_id"), "person_id")
+    people_moves.move_photos(get_db(), _service(), [photo_id], person_id)
+    return jsonify(photo_json(people_store.get_photo(get_db(), photo_id)))
+
+
+@bp.post("/import")
+def import_archive():
+    """Multipart `archive` (a zip): folder-per-person photos, or an export to restore; answers the counts.
+
+    With form field background=1 it answers 202 at once with a job; GET its `url` for progress and counts.
+    """
+    upload = request.files.get("archive")
+    if upload is None:
+        raise BadRequest("no file under the field 'archive'")
+    jobs = import_jobs.for_app(current_app)
+    if request.form.get("background") == "1":
+        return jsonify(jobs.start(upload.stream).json()), 202
+    result = jobs.run(get_db(), upload.stream)
+    return jsonify(result.json()), import_jobs.answer_status(result)
+
+
+@bp.get("/import/<job_id>")
+def import_progress(job_id: str):
+    return jsonify(import_jobs.for_app(current_app).get(job_id).json())
 
 
 @bp.post("/recognize")

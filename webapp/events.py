@@ -2,23 +2,42 @@
 
 Per connection there is one slot holding the newest frame not yet processed; a
 newer frame replaces it (the older one is dropped and its frame_id never
-answered). One worker thread takes the slots in turn, hands each frame to its
-connection's LiveStream (webapp.live_stream: decode, track, decide, record)
-and emits the answer to that connection only. Handlers only validate and
-store, so a slow model never holds up the socket; nothing queues.
+answered). There is one worker thread per core (FACES_LIVE_WORKERS); each
+connection is served by one of them for good, on that worker's own recognizer
+twin (so no dlib object runs on two threads), and connections are spread so
+no worker has two more than another. A worker takes its connections' slots in
+turn, hands each frame to its connection's LiveStream (webapp.live_stream:
+decode, track, decide, record) and emits the answer to that connection only.
+Handlers only validate and store, so a slow model never holds up the socket;
+nothing queues.
+
+Admission: every connection is given a frame rate (a `rate` event), at most
+what it asked for (the `fps` of its Socket.IO auth, default FACES_LIVE_MAX_FPS)
+while all of them fit in what the workers can answer (measured from the time
+frames take, or FACES_LIVE_CAPACITY_FPS). When they do not, the newest
+connections are slowed down first, to FACES_LIVE_MIN_FPS ("server busy: N
+streams"), and one that cannot get even that waits at 0 ("server full"); older
+ones keep their rate. A worker takes a connection's frames no faster than its
+rate, so a client that ignores it cannot take more.
 
 Contract: the client emits `frame` with JPEG bytes as a binary payload. The
 server emits `faces` {frame_id, width, height, faces: [{box, name, person_id,
-similarity, margin}], ms} or `error` {error, frame_id}. frame_id counts the
-frames this connection sent, from 0.
+similarity, margin}], ms}, `error` {error, frame_id}, and `rate` {fps, reason}
+(reason: null, or a sentence such as "server busy: 9 streams"). frame_id counts
+the frames this connection sent, from 0.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import socketio as python_socketio
 from flask import Flask, current_app, request
@@ -35,51 +54,176 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/live"
 # Bad frames get an `error` event each, up to this many per connection and second; the rest are shed unanswered.
 MAX_ERROR_REPLIES_PER_S = 10
+# The workers are planned to be busy this share of the time (the sockets' own threads need the rest).
+LOAD_TARGET = 0.85
+# Seconds a frame is taken to cost until COST_SAMPLES frames have been timed (about what 2 cores measured).
+PRIOR_COST_S = 0.012
+COST_SAMPLES = 256
+# Rates are worked out again this often (seconds), and sent when they change by at least RATE_STEP.
+RATE_EVERY_S = 2.0
+RATE_STEP = 0.1
+# A worker takes a connection's frames at most PACE_MARGIN times its rate, in bursts of up to PACE_BURST
+# frames (a token bucket): a client keeping to its rate never waits, one sending more gets no more.
+PACE_MARGIN = 1.25
+PACE_BURST = 2.0
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def allocate(wants: list[float], capacity: float, min_fps: float) -> list[float]:
+    """Frame rates for streams in the order they connected.
+
+    Streams are let in, oldest first, while each can have at least min_fps (or what it
+    wants, when that is less); the rest get 0 and wait. Of those let in, each gets what it
+    wants as long as every later one keeps its minimum. wants, capacity and the result are
+    frames a second.
+    """
+    floors = [min(want, min_fps) for want in wants]
+    admitted, used = 0, 0.0
+    while admitted < len(wants) and used + floors[admitted] <= capacity + 1e-9:
+        used += floors[admitted]
+        admitted += 1
+    rates, left = [], capacity
+    for i in range(admitted):
+        rate = max(floors[i], min(wants[i], left - sum(floors[i + 1 : admitted])))
+        rates.append(rate)
+        left -= rate
+    return rates + [0.0] * (len(wants) - admitted)
+
+
+@dataclass
+class Connection:
+    """One live connection: its worker, the rate it asked for and the rate it is given."""
+
+    sid: str
+    worker: int
+    want: float
+    fps: float
+    reason: str | None = None
+    sent: tuple[float, str | None] | None = None  # the last `rate` event it got
+    tokens: float = PACE_BURST  # frames it may have taken now (see PACE_MARGIN)
+    filled: float = 0.0  # when tokens was last topped up (time.monotonic())
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until its next frame may be taken (0: now), the bucket topped up first."""
+        if self.fps <= 0:
+            return math.inf
+        rate = PACE_MARGIN * self.fps
+        self.tokens = min(PACE_BURST, self.tokens + (now - self.filled) * rate)
+        self.filled = now
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / rate
 
 
 class LiveFrames:
-    """The newest unprocessed frame of each connection, and the one worker that answers them.
+    """The newest unprocessed frame of each connection, and the workers that answer them.
 
     :param service: the app's FaceService.
-    :param server: the python-socketio Server of this app (to emit from the worker).
+    :param server: the python-socketio Server of this app (to emit from the workers).
     :param max_bytes: larger frames are refused with an error event.
     :param archive: where each connection's sightings and unknown faces are written (None: not kept).
     :param unknown_frames: see webapp.live_stream.Recorder.
+    :param workers: worker threads (0: one per core).
+    :param max_fps, min_fps, capacity_fps: admission (see the module docstring; capacity 0: measured).
+    :param tracker_options: model.tracking.FaceTracker options for every stream.
     """
 
     def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int,
-                 archive: Archive | None = None, unknown_frames: int = 5):
+                 archive: Archive | None = None, unknown_frames: int = 5, *, workers: int = 0,
+                 max_fps: float = 30.0, min_fps: float = 8.0, capacity_fps: float = 0.0,
+                 tracker_options: Mapping | None = None):
         self.service = service
         self.archive = archive
         self.unknown_frames = unknown_frames
         self.server = server
         self.max_bytes = max_bytes
+        self.workers = workers or cores()
+        self.max_fps, self.min_fps, self.capacity_fps = max_fps, min_fps, capacity_fps
+        self.tracker_options = dict(tracker_options or {})
         self._slots: dict[str, tuple[int, bytes]] = {}
+        self._arrived: dict[str, float] = {}
         self._sent: dict[str, int] = {}
         self._streams: dict[str, LiveStream] = {}
-        self._wake = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._connections: dict[str, Connection] = {}  # in the order they connected
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # frames of connections no worker serves (tests)
+        self._wakes = [threading.Condition(self._lock) for _ in range(self.workers)]
+        self._busy: list[str | None] = [None] * self.workers  # the connection each worker is answering
+        self._twins: list | None = None
+        self._costs: deque[float] = deque(maxlen=COST_SAMPLES)
+        self._allocated_at = 0.0
         self._errors: dict[str, tuple[int, int]] = {}  # sid -> (second, error replies in it)
         self.processed = 0
         self.dropped = 0
         self.shed = 0  # bad frames not answered (flood)
 
-    def connect(self, sid: str) -> None:
+    # --- connections -------------------------------------------------------------------
+
+    def connect(self, sid: str, want_fps: float | None = None) -> None:
+        """A new connection: put it on the worker with the fewest, and give everyone their rates."""
+        self._start_workers()
+        with self._lock:
+            counts = self._counts()
+            worker = counts.index(min(counts))
+            want = min(self.max_fps, want_fps) if want_fps else self.max_fps
+            self._connections[sid] = Connection(sid, worker, want, want)
         stream = LiveStream(self.service, self.archive, unknown_frames=self.unknown_frames,
-                            max_frame_bytes=self.max_bytes)
-        with self._wake:
-            self._sent[sid] = 0
-            self._streams[sid] = stream
-            if self._worker is None:
-                self._worker = self.server.start_background_task(self._run)
+                            max_frame_bytes=self.max_bytes, recognizer=self._twins[worker],
+                            tracker_options=self.tracker_options)
+        with self._lock:
+            if sid in self._connections:
+                self._sent[sid] = 0
+                self._streams[sid] = stream
+            rates = self._allocate()
+        self._send_rates(rates)
 
     def disconnect(self, sid: str) -> None:
-        with self._wake:
+        with self._lock:
             self._sent.pop(sid, None)
             self._slots.pop(sid, None)
+            self._arrived.pop(sid, None)
+            self._connections.pop(sid, None)
             stream = self._streams.pop(sid, None)
+            self._rebalance()
+            rates = self._allocate()
         if stream is not None:
             stream.close()  # waits for the worker if it is still on this stream's last frame
+        self._send_rates(rates)
+
+    def worker_of(self, sid: str) -> int | None:
+        connection = self._connections.get(sid)
+        return None if connection is None else connection.worker
+
+    def rate_of(self, sid: str) -> tuple[float, str | None] | None:
+        """(fps, reason) the connection is given, or None when it is not connected."""
+        connection = self._connections.get(sid)
+        return None if connection is None else (connection.fps, connection.reason)
+
+    def _counts(self) -> list[int]:
+        counts = [0] * self.workers
+        for connection in self._connections.values():
+            counts[connection.worker] += 1
+        return counts
+
+    def _rebalance(self) -> None:
+        """Move connections from the busiest worker to the idlest until no worker has two more. Under _lock."""
+        while True:
+            counts = self._counts()
+            most, least = counts.index(max(counts)), counts.index(min(counts))
+            if counts[most] - counts[least] <= 1:
+                return
+            movable = [c for c in self._connections.values()
+                       if c.worker == most and self._busy[most] != c.sid and c.sid in self._streams]
+            if not movable:
+                return
+            connection = movable[-1]  # the newest
+            connection.worker = least
+            self._streams[connection.sid].move_to(self._twins[least])
+            self._wakes[least].notify()
+
+    # --- frames ------------------------------------------------------------------------
 
     def put(self, sid: str, data: object) -> tuple[int, str | None]:
         """Count a received frame; keep it as the connection's newest, or say why not.
@@ -87,7 +231,7 @@ class LiveFrames:
         :return: (frame_id, error message or None). None also for a bad frame
             shed in a flood (past MAX_ERROR_REPLIES_PER_S this second): neither kept nor answered.
         """
-        with self._wake:
+        with self._lock:
             frame_id = self._sent.get(sid, 0)
             self._sent[sid] = frame_id + 1
             error = None
@@ -101,11 +245,13 @@ class LiveFrames:
             if sid in self._slots:
                 self.dropped += 1
             self._slots[sid] = (frame_id, bytes(data))  # replaces an older frame, keeping its turn
-            self._wake.notify()
+            self._arrived[sid] = time.monotonic()
+            connection = self._connections.get(sid)
+            (self._wake if connection is None else self._wakes[connection.worker]).notify()
         return frame_id, None
 
     def _error_budget(self, sid: str) -> bool:
-        """Whether sid may get another error reply this second (at most MAX_ERROR_REPLIES_PER_S). Under _wake."""
+        """Whether sid may get another error reply this second (at most MAX_ERROR_REPLIES_PER_S). Under _lock."""
         second = int(time.monotonic())
         start, count = self._errors.get(sid, (second, 0))
         if start != second:
@@ -119,34 +265,131 @@ class LiveFrames:
         return True
 
     def _take(self) -> tuple[str, int, bytes, LiveStream | None]:
-        """Wait for a frame; connections take turns in the order their slots were filled."""
-        with self._wake:
-            while not self._slots:
-                self._wake.wait()
-            sid = next(iter(self._slots))
-            frame_id, data = self._slots.pop(sid)
-            return sid, frame_id, data, self._streams.get(sid)
+        """Wait for a frame of any connection; they take turns in the order their slots were filled."""
+        return self._claim(None)[:4]
 
-    def _run(self) -> None:
+    def _claim(self, worker: int | None) -> tuple[str, int, bytes, LiveStream | None, float]:
+        """Wait for the next frame this worker may take (None: any connection's, rates aside).
+
+        :return: (sid, frame_id, JPEG bytes, its stream or None when not connected, arrival time).
+        """
+        wake = self._wake if worker is None else self._wakes[worker]
+        with self._lock:
+            while True:
+                now, wait = time.monotonic(), None
+                for sid in self._slots:
+                    connection = self._connections.get(sid)
+                    if worker is not None and (connection is None or connection.worker != worker):
+                        continue
+                    if connection is not None and worker is not None:
+                        pause = connection.wait_s(now)
+                        if pause > 0:  # over its rate (or waiting for a place: then its frame stays in the slot)
+                            if pause < math.inf:
+                                wait = min(wait or math.inf, pause)
+                            continue
+                        connection.tokens -= 1.0
+                    frame_id, data = self._slots.pop(sid)
+                    if worker is not None:
+                        self._busy[worker] = sid
+                    return sid, frame_id, data, self._streams.get(sid), self._arrived.pop(sid, now)
+                wake.wait(wait)
+
+    # --- the workers -------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        with self._lock:
+            if self._twins is not None:
+                return
+            self._twins = [self.service.live_twin(i) for i in range(self.workers)]
+        for index in range(self.workers):
+            self.server.start_background_task(self._run, index)
+
+    def _run(self, index: int) -> None:
+        try:  # load this worker's twin before its first frame, so that frame is not slow
+            self.service.wait_ready()
+            self._twins[index].load()
+        except Exception:  # answered per frame (ModelNotReady) by LiveStream.answer
+            log.exception("live worker %d could not load its model", index)
         while True:
-            sid, frame_id, data, stream = self._take()
-            if stream is None:  # the connection ended after sending it
-                continue
-            event, payload = stream.answer(frame_id, data)
-            self.processed += 1
-            self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
+            sid, frame_id, data, stream, arrived = self._claim(index)
+            if stream is not None:
+                started = time.perf_counter()
+                event, payload = stream.answer(frame_id, data, arrived)
+                self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
+                self._costs.append(time.perf_counter() - started)
+                self.processed += 1
+            with self._lock:
+                self._busy[index] = None
+                rates = self._allocate() if time.monotonic() - self._allocated_at >= RATE_EVERY_S else []
+            self._send_rates(rates)
+
+    # --- admission -----------------------------------------------------------------------
+
+    def capacity(self) -> float:
+        """Frames a second all connections together are given: FACES_LIVE_CAPACITY_FPS, else measured."""
+        if self.capacity_fps > 0:
+            return self.capacity_fps
+        costs = list(self._costs)
+        cost = sum(costs) / len(costs) if len(costs) >= COST_SAMPLES // 4 else PRIOR_COST_S
+        return self.workers * LOAD_TARGET / max(cost, 1e-4)
+
+    def _allocate(self) -> list[tuple[str, dict]]:
+        """Work out every connection's rate; returns the `rate` events to send. Under _lock."""
+        self._allocated_at = time.monotonic()
+        connections = list(self._connections.values())
+        rates = allocate([c.want for c in connections], self.capacity(), self.min_fps)
+        events = []
+        for connection, fps in zip(connections, rates):
+            if fps <= 0:
+                reason = f"server full: {len(connections)} streams"
+            elif fps < connection.want - 0.5:
+                reason = f"server busy: {len(connections)} streams"
+            else:
+                reason = None
+            connection.fps, connection.reason = fps, reason
+            last = connection.sent
+            if last is None or last[1] != reason or abs(fps - last[0]) > RATE_STEP * max(1.0, last[0]):
+                connection.sent = (fps, reason)
+                events.append((connection.sid, {"fps": round(fps, 1), "reason": reason}))
+                if fps > 0 and connection.worker < len(self._wakes):
+                    self._wakes[connection.worker].notify()
+        return events
+
+    def _send_rates(self, rates: list[tuple[str, dict]]) -> None:
+        for sid, payload in rates:
+            self.server.emit("rate", payload, to=sid, namespace=NAMESPACE)
 
 
 def _live() -> LiveFrames:
     return current_app.extensions["live"]
 
 
+def _emitted_by_client() -> bool:
+    """True when this connect/disconnect handler runs for an event the client emitted under that name.
+
+    A real connect or disconnect runs while the connection is still being set up or taken
+    down; an event can only arrive on a connection that is fully up.
+    """
+    return _live().server.manager.is_connected(request.sid, NAMESPACE)
+
+
+def _wanted_fps(auth) -> float | None:
+    """The frame rate the client asked for in its Socket.IO auth ({"fps": n}), when it is a sensible number."""
+    value = auth.get("fps") if isinstance(auth, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
 @socketio.on("connect", namespace=NAMESPACE)
 def on_connect(auth=None):
+    if _emitted_by_client():  # a client emitting "connect" must not reset its own stream
+        log.warning("ignored a 'connect' event emitted by live client %s", request.sid)
+        return
     if not logged_in():  # the handshake's session cookie: only the logged-in admin may stream
         raise ConnectionRefusedError("please log in")
     _no_delay(request.environ)
-    _live().connect(request.sid)
+    _live().connect(request.sid, _wanted_fps(auth))
 
 
 def _no_delay(environ: dict) -> None:
@@ -162,6 +405,9 @@ def _no_delay(environ: dict) -> None:
 
 @socketio.on("disconnect", namespace=NAMESPACE)
 def on_disconnect(reason=None):
+    if _emitted_by_client():  # nor end it
+        log.warning("ignored a 'disconnect' event emitted by live client %s", request.sid)
+        return
     _live().disconnect(request.sid)
 
 
@@ -175,9 +421,18 @@ def on_frame(data=None, *extra):
 def init_app(app: Flask, server: python_socketio.Server) -> None:
     """Give the app its live-frame state, bound to the Socket.IO server init_app just made."""
     service = app.extensions["faces"]
+    config = app.config
     archive = Archive(
-        app.config["DATABASE"], app.config["DATA_DIR"], service.backbone,
-        inbox_days=app.config["INBOX_RETENTION_DAYS"], history_days=app.config["HISTORY_RETENTION_DAYS"],
+        config["DATABASE"], config["DATA_DIR"], service.backbone,
+        inbox_days=config["INBOX_RETENTION_DAYS"], history_days=config["HISTORY_RETENTION_DAYS"],
     )
-    app.extensions["live"] = LiveFrames(service, server, app.config["MAX_FRAME_BYTES"], archive,
-                                        app.config["LIVE_UNKNOWN_FRAMES"])
+    tracker_options = {
+        "detect_every_s": config["LIVE_DETECT_EVERY_S"],
+        "detect_still_s": config["LIVE_DETECT_STILL_S"],
+        "reembed_s": config["LIVE_REEMBED_S"],
+    }
+    app.extensions["live"] = LiveFrames(
+        service, server, config["MAX_FRAME_BYTES"], archive, config["LIVE_UNKNOWN_FRAMES"],
+        workers=config["LIVE_WORKERS"], max_fps=config["LIVE_MAX_FPS"], min_fps=config["LIVE_MIN_FPS"],
+        capacity_fps=config["LIVE_CAPACITY_FPS"], tracker_options=tracker_options,
+    )

@@ -6,14 +6,17 @@ GET /people/<id>/export and GET /export answer a zip holding
     photos/<file>        each stored photo (JPEG, re-encoded at upload, no metadata)
     thumbs/<file>        its face thumbnail
 
-Each person in people.json: id, name, created_at and photos, each photo: id,
-photo and thumb (paths in the zip), box [left, top, right, bottom] in the
-stored photo, width, height, backbone, created_at, embedding (the float32
-vector the gallery matches, L2-normalised, as a list of numbers) and features
-(the backbone's float32 output it was made from). The rows are read in one
-transaction, so the zip is a consistent snapshot; a file that vanished since is
-listed with "missing": true. Large zips spill to a temporary file in the data
-dir, next to the data they copy, never to a shared /tmp.
+Each person in people.json: id, name, created_at, photos and corrections.
+Each photo: id, photo and thumb (paths in the zip), box [left, top, right,
+bottom] in the stored photo, width, height, backbone, created_at, embedding
+(the float32 vector the gallery matches, L2-normalised, as a list of numbers)
+and features (the backbone's float32 output it was made from). Each
+correction (a face marked "not this person"): id, photo_id (the removed photo
+it came from, or null), backbone, created_at, embedding and features. The rows
+are read in one transaction, so the zip is a consistent snapshot; a file that
+vanished since is listed with "missing": true. Large zips spill to a temporary
+file in the data dir, next to the data they copy, never to a shared /tmp.
+`webapp.importer` restores such a zip.
 """
 
 from __future__ import annotations
@@ -89,9 +92,9 @@ def write_zip(out: IO[bytes], db: sqlite3.Connection, data_dir: Path, people: li
                     except FileNotFoundError:
                         photo["missing"] = True
                 photos.append(photo)
-            entries.append(
-                {"id": person["id"], "name": person["name"], "created_at": person["created_at"], "photos": photos}
-            )
+            corrections = [_correction_entry(row) for row in people_store.person_corrections(db, person["id"])]
+            entries.append({"id": person["id"], "name": person["name"], "created_at": person["created_at"],
+                            "photos": photos, "corrections": corrections})
         document = {
             "format": FORMAT_VERSION,
             "exported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -111,6 +114,17 @@ def _photo_entry(row: sqlite3.Row) -> dict:
         "box": json.loads(row["box"]),
         "width": row["width"],
         "height": row["height"],
+        "backbone": row["backbone"],
+        "created_at": row["created_at"],
+        "embedding": from_blob(row["embedding"]).tolist(),
+        "features": from_blob(row["features"]).tolist(),
+    }
+
+
+def _correction_entry(row: sqlite3.Row) -> dict:
+    return {
+        "id": row["id"],
+        "photo_id": row["photo_id"],
         "backbone": row["backbone"],
         "created_at": row["created_at"],
         "embedding": from_blob(row["embedding"]).tolist(),

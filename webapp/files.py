@@ -22,6 +22,16 @@ PHOTOS_DIR = "photos"
 THUMBS_DIR = "thumbs"
 INBOX_DIR = "inbox"
 TMP_SUFFIX = ".tmp"  # files being written are named .<name>.tmp, then renamed
+# Faces are biometric data: the data folder and everything in it are for the owner alone.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def make_private(data_dir: Path) -> None:
+    """Owner-only modes for the data folder, its sub-folders and files (also those made by older versions)."""
+    os.chmod(data_dir, PRIVATE_DIR)
+    for path in Path(data_dir).rglob("*"):
+        os.chmod(path, PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
 
 
 def new_name() -> str:
@@ -58,9 +68,9 @@ def jpeg(pixels: NDArray[np.uint8], quality: int, side: int | None = None) -> by
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -153,7 +153,7 @@ def write_sightings(db: sqlite3.Connection, sightings: list[Sighting]) -> None:
                 if s.person_id is not None and db.execute(
                     "SELECT 1 FROM people WHERE id = ?", (s.person_id,)
                 ).fetchone() is None:
-                    s.person_id = None  # deleted meanwhile; the name snapshot stays
+                    s.person_id, s.name = None, None  # deleted meanwhile: nothing of them stays
                 s.row_id = db.execute(
                     "INSERT INTO sightings (person_id, name, first_seen, last_seen, frames, best_similarity) "
                     "VALUES (?, ?, ?, ?, ?, ?)",

@@ -4,14 +4,16 @@
 
 1. decode the JPEG (bad bytes: an `error` answer);
 2. track: the stream's FaceTracker detects or follows faces and embeds, in one
-   batch, every face that is due (model.tracking);
-3. decide: each face's voted match becomes a `faces` entry (payloads.face_json);
+   batch, every face that is due (model.tracking), timed by the frame's arrival;
+3. decide: each track's match on its fused embedding becomes a `faces` entry
+   (payloads.face_json);
 4. record: the Recorder counts sightings per track and keeps a track that stays
    unknown as an inbox face, reusing that batch's features and embedding;
    the Archive writes both now and then (webapp.inbox_store).
 
-A stream is used by one live worker at a time; its own lock only keeps `close`
-(from the disconnect handler) from running while a frame is being recorded.
+A stream is served by one live worker, on that worker's recognizer twin (webapp.events);
+its own lock keeps `close` (from the disconnect handler) and `move_to` from running
+while a frame is being processed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.images import ImageError, decode_image
-from model.recognizer import Recognition
+from model.recognizer import Recognition, Recognizer
 from webapp.inbox_store import Archive, Sighting, UnknownFace
 from webapp.payloads import face_json, faces_json
 from webapp.service import FaceService, ModelNotReady
@@ -58,6 +60,8 @@ class Recorder:
         for seen in recognitions:
             track_id, person_id = seen.track_id, seen.match.person_id
             present.add(track_id)
+            if seen.match.reason is not None:  # not decided (too little evidence yet, too small): not counted
+                continue
             sighting = self.live.setdefault(track_id, {}).get(person_id)
             if sighting is None:
                 sighting = Sighting(person_id, names.get(person_id) if person_id is not None else None, now, now)
@@ -105,24 +109,30 @@ class LiveStream:
     :param archive: where sightings and unknown faces are written (None: not kept).
     :param unknown_frames: see Recorder.
     :param max_frame_bytes: larger frames are refused.
+    :param recognizer: the live twin its tracker runs on (default: the service's first).
+    :param tracker_options: model.tracking.FaceTracker options (from the settings).
     """
 
     def __init__(self, service: FaceService, archive: Archive | None = None, *, unknown_frames: int = 5,
-                 max_frame_bytes: int | None = None):
+                 max_frame_bytes: int | None = None, recognizer: Recognizer | None = None,
+                 tracker_options: Mapping | None = None):
         self.service = service
         self.archive = archive
         self.max_frame_bytes = max_frame_bytes
-        self.tracker = service.new_tracker()
+        self.tracker = service.new_tracker(recognizer, **(tracker_options or {}))
         self.gallery_version = service.gallery_version
         self.recorder = Recorder(unknown_frames) if archive is not None else None
         self._lock = threading.Lock()
 
-    def answer(self, frame_id: int, data: bytes) -> tuple[str, dict]:
-        """('faces', payload) for the stream's next frame, or ('error', {error, frame_id})."""
+    def answer(self, frame_id: int, data: bytes, now: float | None = None) -> tuple[str, dict]:
+        """('faces', payload) for the stream's next frame, or ('error', {error, frame_id}).
+
+        :param now: when the frame arrived (time.monotonic() seconds; default: now).
+        """
         started = time.perf_counter()
         try:
             frame = decode_image(data, max_bytes=self.max_frame_bytes)
-            faces = self.process(frame)
+            faces = self.process(frame, now)
         except ImageError as exc:
             return "error", {"error": f"bad frame: {exc}", "frame_id": frame_id}
         except ModelNotReady as exc:
@@ -132,13 +142,13 @@ class LiveStream:
             return "error", {"error": "the server could not process this frame", "frame_id": frame_id}
         return "faces", faces_json(frame_id, frame.shape, faces, started)
 
-    def process(self, frame: NDArray[np.uint8]) -> list[dict]:
-        """Track, decide and record one decoded RGB frame; returns its `faces` entries."""
+    def process(self, frame: NDArray[np.uint8], now: float | None = None) -> list[dict]:
+        """Track, decide and record one decoded RGB frame (`now`: its stream time); returns its `faces` entries."""
         with self._lock:
             if self.gallery_version != self.service.gallery_version:
-                self.tracker.reset()  # labels were voted against a gallery that changed
+                self.tracker.gallery_changed()  # tracks stay; their fused embeddings are matched again
                 self.gallery_version = self.service.gallery_version
-            recognitions = self.service.track(self.tracker, frame)
+            recognitions = self.service.track(self.tracker, frame, now)
             names = self.service.names
             faces = [face_json(seen, names) for seen in recognitions]
             if self.recorder is not None:
@@ -147,6 +157,11 @@ class LiveStream:
                     self._write()
                 self._safely(self.archive.purge_if_due)
         return faces
+
+    def move_to(self, recognizer: Recognizer) -> None:
+        """Run the tracker on another worker's twin from the next frame on (its tracks stay)."""
+        with self._lock:
+            self.tracker.recognizer = recognizer
 
     def close(self) -> None:
         """The connection ended: write what it saw."""

@@ -114,6 +114,15 @@ def person_photos(db: sqlite3.Connection, person_id: int, *, vectors: bool = Fal
     ).fetchall()
 
 
+def person_corrections(db: sqlite3.Connection, person_id: int) -> list[sqlite3.Row]:
+    """A person's corrections ("not this person") by id, with their embedding and features BLOBs (for export)."""
+    return db.execute(
+        "SELECT id, photo_id, backbone, created_at, embedding, features FROM corrections WHERE person_id = ? "
+        "ORDER BY id",
+        (person_id,),
+    ).fetchall()
+
+
 def get_photo(db: sqlite3.Connection, photo_id: int) -> sqlite3.Row:
     row = db.execute(
         "SELECT id, person_id, file, box, width, height, backbone, created_at FROM photos WHERE id = ?",
@@ -210,17 +219,6 @@ def rename_person(db: sqlite3.Connection, service: FaceService, person_id: int, 
         db.execute("UPDATE people SET name = ? WHERE id = ?", (name, person_id))
     service.add_person(person_id, name)
     return get_person(db, person_id)
-
-
-def delete_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, person_id: int) -> None:
-    """Remove a person, their photo rows (cascade), embeddings (stored and in memory) and files."""
-    with transaction(db):
-        get_person(db, person_id)
-        photos = person_photos(db, person_id)
-        db.execute("DELETE FROM people WHERE id = ?", (person_id,))
-    service.remove_person(person_id)
-    _remove_photo_files(data_dir, [photo["file"] for photo in photos])
-    flush_deleted(db)
 
 
 def delete_photo(db: sqlite3.Connection, service: FaceService, data_dir: Path, photo_id: int) -> sqlite3.Row:
@@ -382,13 +380,17 @@ def _write_photo_files(data_dir: Path, candidate: Candidate) -> str:
     file = files.new_name()
     files.write_atomic(Path(data_dir) / files.PHOTOS_DIR / file, files.jpeg(candidate.photo, PHOTO_JPEG_QUALITY))
     try:
-        thumb, _ = files.face_crop(candidate.photo, candidate.box, THUMB_MARGIN)
-        files.write_atomic(Path(data_dir) / files.THUMBS_DIR / file,
-                           files.jpeg(thumb, THUMB_JPEG_QUALITY, side=THUMB_SIDE))
+        files.write_atomic(Path(data_dir) / files.THUMBS_DIR / file, thumbnail_jpeg(candidate.photo, candidate.box))
     except BaseException:
         _remove_photo_files(data_dir, [file])
         raise
     return file
+
+
+def thumbnail_jpeg(photo: NDArray[np.uint8], box: list[int]) -> bytes:
+    """The face thumbnail of a stored photo (RGB uint8) and its [left, top, right, bottom] box, as JPEG bytes."""
+    thumb, _ = files.face_crop(photo, box, THUMB_MARGIN)
+    return files.jpeg(thumb, THUMB_JPEG_QUALITY, side=THUMB_SIDE)
 
 
 def _remove_photo_files(data_dir: Path, names: list[str]) -> None:

@@ -5,9 +5,9 @@ the model on a background thread so the server answers at once; callers that
 need the model wait for it (`ModelNotReady` after a timeout or a failed load).
 dlib's detector and network keep per-call scratch state and must not run on
 two threads at once, so enrollment and /api/recognize share one recognizer
-behind one lock, and live streams share a twin (same head, own dlib objects)
-behind another: an enrollment and a live frame use the two cores at once
-instead of the live video stalling. Both locks are taken only in here.
+behind one lock, and each live worker has a twin of it (same head, own dlib
+objects) behind a lock of its own: enrollments and live frames use every core
+instead of the live video stalling. These locks are taken only in here.
 """
 
 from __future__ import annotations
@@ -69,6 +69,24 @@ class Candidate:
         return None if self.photo is None else (int(self.photo.shape[1]), int(self.photo.shape[0]))
 
 
+class _AllLocks:
+    """A `with` block holding every lock of a growing list of (recognizer, lock) pairs, taken in order."""
+
+    def __init__(self, pairs: list[tuple[Recognizer, threading.Lock]]):
+        self.pairs = pairs
+        self._held = threading.local()  # what this thread took (the list may grow inside the block)
+
+    def __enter__(self) -> None:
+        held = list(self.pairs)
+        for _, lock in held:
+            lock.acquire()
+        self._held.pairs = held
+
+    def __exit__(self, *exc) -> None:
+        for _, lock in reversed(self._held.pairs):
+            lock.release()
+
+
 class FaceService:
     """Recognizer + Gallery + names, with lazy loading and one lock around the model.
 
@@ -76,8 +94,6 @@ class FaceService:
     :param min_face: enrollment photos need a face at least this many pixels on a side.
     :param live_max_side: live frames are detected on a copy scaled to this side.
     :param live_upsample: detector upsampling for live frames.
-    :param live_detect_every: live streams run the detector on every n-th frame and track in between.
-    :param live_reembed_every: live streams re-identify settled faces after this many frames.
     :param recognize_upsample: detector upsampling for uploaded images (/api/recognize).
     :param max_frame_bytes: live frames larger than this are refused.
     """
@@ -90,8 +106,6 @@ class FaceService:
         live_max_side: int,
         live_upsample: int,
         recognize_upsample: int,
-        live_detect_every: int = 5,
-        live_reembed_every: int = 15,
         max_frame_bytes: int,
     ):
         self.recognizer = recognizer
@@ -100,15 +114,14 @@ class FaceService:
         self.min_face = min_face
         self.live_max_side = live_max_side
         self.live_upsample = live_upsample
-        self.live_detect_every = live_detect_every
-        self.live_reembed_every = live_reembed_every
         # Bumped on every gallery change, so live streams drop labels that may be stale.
         self.gallery_version = 0
         self.recognize_upsample = recognize_upsample
         self.max_frame_bytes = max_frame_bytes
         self._model_lock = threading.Lock()
-        self.live_recognizer = recognizer.twin()  # loads itself on the first live frame
-        self._live_lock = threading.Lock()
+        # One twin per live worker (see live_twin), each with its own lock; they load on first use.
+        self._live_twins: list[tuple[Recognizer, threading.Lock]] = [(recognizer.twin(), threading.Lock())]
+        self._live_lock = _AllLocks(self._live_twins)  # every live twin's lock: for changes between two frames
         self._loaded = threading.Event()
         self._load_error: str | None = None
 
@@ -174,8 +187,19 @@ class FaceService:
         """Use a new head and the gallery it embedded, together, between two frames."""
         with self._model_lock, self._live_lock:
             self.recognizer.set_head(head)
-            self.live_recognizer.set_head(head)
+            for twin, _ in self._live_twins:
+                twin.set_head(head)
             self.gallery = gallery
+            self.gallery_version += 1
+
+    def move_photos(self, moves: list[tuple[int, int, NDArray[np.float32]]], *, drop_person: int | None = None):
+        """Give photos (photo_id, new person_id, embedding) to other people, and forget drop_person's name, in one
+        step: the model lock and every live lock are held, so no frame or upload sees half a merge or move."""
+        with self._model_lock, self._live_lock:
+            self.gallery.add_many(moves)  # an existing photo keeps its row and changes person
+            if drop_person is not None:
+                self.gallery.remove_person(drop_person)  # nothing left normally; a race's leftovers go too
+                self.names.pop(drop_person, None)
             self.gallery_version += 1
 
     def remove_person(self, person_id: int) -> None:
@@ -269,21 +293,32 @@ class FaceService:
         with self._model_lock:
             return self.recognizer.recognize_frame(frame, self.gallery, upsample=upsample, max_side=max_side)
 
-    def new_tracker(self) -> FaceTracker:
-        """Face tracks for one live stream, on the live twin: most frames then skip detection and embedding."""
-        return FaceTracker(
-            self.live_recognizer,
-            detect_every=self.live_detect_every,
-            reembed_every=self.live_reembed_every,
-            max_side=self.live_max_side,
-            upsample=self.live_upsample,
-        )
+    @property
+    def live_recognizer(self) -> Recognizer:
+        """The first live worker's twin."""
+        return self._live_twins[0][0]
 
-    def track(self, tracker: FaceTracker, frame: NDArray[np.uint8]) -> list[Recognition]:
-        """The next frame of a live stream through its tracker (see `new_tracker`), on the live twin."""
+    def live_twin(self, index: int) -> Recognizer:
+        """Live worker `index`'s recognizer: a twin of the main one (same head, own dlib objects), made on first ask."""
+        with self._live_lock:  # no frame runs while the pool grows
+            while len(self._live_twins) <= index:
+                self._live_twins.append((self.recognizer.twin(), threading.Lock()))
+            return self._live_twins[index][0]
+
+    def new_tracker(self, recognizer: Recognizer | None = None, **options) -> FaceTracker:
+        """Face tracks for one live stream on a live twin (default: the first); options go to FaceTracker."""
+        options = {"max_side": self.live_max_side, "upsample": self.live_upsample, **options}
+        return FaceTracker(recognizer or self.live_recognizer, **options)
+
+    def track(self, tracker: FaceTracker, frame: NDArray[np.uint8], now: float | None = None) -> list[Recognition]:
+        """The next frame of a live stream through its tracker (see `new_tracker`), under its twin's lock.
+
+        :param now: the frame's stream time in seconds (see FaceTracker.update).
+        """
         self.wait_ready()
-        with self._live_lock:
-            return tracker.update(frame, self.gallery)
+        lock = next((lock for twin, lock in self._live_twins if twin is tracker.recognizer), self._live_twins[0][1])
+        with lock:
+            return tracker.update(frame, self.gallery, now)
 
     def name_of(self, person_id: int | None) -> str | None:
         return None if person_id is None else self.names.get(person_id)

@@ -85,12 +85,32 @@ SETTINGS: tuple[Setting, ...] = (
         "live: frames are scaled down to this side for detection",
     ),
     Setting(
-        "LIVE_DETECT_EVERY", "FACES_LIVE_DETECT_EVERY", 5, int,
-        "live: run the face detector on every n-th frame; faces are tracked in between",
+        "LIVE_DETECT_EVERY_S", "FACES_LIVE_DETECT_EVERY_S", 0.2, float,
+        "live: while the picture changes away from the tracked people, the face detector runs at most this "
+        "often (seconds of stream time, not frames); faces are followed in between",
     ),
     Setting(
-        "LIVE_REEMBED_EVERY", "FACES_LIVE_REEMBED_EVERY", 15, int,
-        "live: re-identify a tracked face whose name is settled after this many frames",
+        "LIVE_DETECT_STILL_S", "FACES_LIVE_DETECT_STILL_S", 1.0, float,
+        "live: the face detector runs at least this often (seconds), even on a still picture",
+    ),
+    Setting(
+        "LIVE_REEMBED_S", "FACES_LIVE_REEMBED_S", 2.0, float,
+        "live: a tracked face is embedded again after this many seconds, and at once when it stops looking "
+        "like itself; its name is decided on all of its embeddings",
+    ),
+    Setting(
+        "LIVE_WORKERS", "FACES_LIVE_WORKERS", 0, int,
+        "live: recognition threads (0: one per CPU core); each stream stays on one, streams are spread evenly",
+    ),
+    Setting("LIVE_MAX_FPS", "FACES_LIVE_MAX_FPS", 30.0, float, "live: the most frames a second a stream is given"),
+    Setting(
+        "LIVE_MIN_FPS", "FACES_LIVE_MIN_FPS", 8.0, float,
+        "live: when the server is full, newer streams are slowed down to this rate (shown as \"server busy\") "
+        "before older ones give anything up; a stream that cannot get it waits (\"server full\")",
+    ),
+    Setting(
+        "LIVE_CAPACITY_FPS", "FACES_LIVE_CAPACITY_FPS", 0.0, float,
+        "live: frames a second all streams together are given (0: measured from the time frames take)",
     ),
     Setting(
         "LIVE_UPSAMPLE", "FACES_LIVE_UPSAMPLE", 0, int,

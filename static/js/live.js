@@ -1,8 +1,10 @@
 // Live page: the <video> plays the webcam by itself; alongside, frames are scaled to
 // the configured width, JPEG-encoded and sent as binary over a Socket.IO WebSocket.
 // At most one frame is in flight: the next is captured only when the answer (or an
-// error, or a timeout) arrives, so frames never queue. Answers are drawn on a canvas
-// laid over the video and listed as text in #live-faces.
+// error, or a timeout) arrives, so frames never queue. The server gives each camera a
+// frame rate (a `rate` event: {fps, reason}); frames are sent no faster, and when the
+// server is busy the page says so and shows the rate it is given. Answers are drawn on
+// a canvas laid over the video and listed as text in #live-faces.
 (function () {
   "use strict";
 
@@ -18,6 +20,8 @@
   const rttOut = byId("live-rtt");
   const serverOut = byId("live-server-ms");
   const sizeOut = byId("live-size");
+  const rateOut = byId("live-rate");
+  const loadLine = byId("live-load");
 
   const config = {
     namespace: root.dataset.namespace,
@@ -37,14 +41,24 @@
   const stats = (window.liveStats = {
     sent: 0, answered: 0, errors: 0, timeouts: 0, fps: 0, rttMs: null, serverMs: null,
     rttSumMs: 0, rttCount: 0, serverSumMs: 0, // running sums, for averages over any window
+    givenFps: null, busy: null, // the rate the server gives this camera, and why it is lower (null: not busy)
   });
   let inFlight = null; // {id, capturedAt, timer}
   let answerTimes = [];
   // frame_id counts the frames sent on this connection; a reconnect starts again at 0.
   let sentOnConnection = 0;
   let lastDrawnId = -1;
+  let nextSendAt = 0; // performance.now() before which no frame goes (the given rate)
+  let paceTimer = null;
 
-  const socket = io(config.namespace, { transports: ["websocket"] });
+  // The camera's own frame rate goes with every (re)connection: the server gives at most that.
+  const socket = io(config.namespace, { transports: ["websocket"], auth: (reply) => reply({ fps: cameraFps() }) });
+
+  function cameraFps() {
+    const track = video.srcObject && video.srcObject.getVideoTracks()[0];
+    const fps = track && track.getSettings().frameRate;
+    return fps > 0 ? fps : null;
+  }
 
   function setStatus(text) {
     statusLine.textContent = text;
@@ -58,6 +72,17 @@
 
   function sendFrame() {
     if (inFlight || !socket.connected || video.readyState < 2 || !video.videoWidth) return;
+    if (stats.givenFps === 0) return; // the server is full: wait for a rate
+    const wait = nextSendAt - performance.now();
+    if (wait > 0) {
+      clearTimeout(paceTimer);
+      paceTimer = setTimeout(sendFrame, wait);
+      return;
+    }
+    if (stats.givenFps) {
+      const period = 1000 / stats.givenFps;
+      nextSendAt = Math.max(nextSendAt, performance.now() - period) + period; // at most one frame ahead
+    }
     const scale = Math.min(1, config.frameWidth / video.videoWidth);
     capture.width = Math.round(video.videoWidth * scale);
     capture.height = Math.round(video.videoHeight * scale);
@@ -105,6 +130,7 @@
   socket.on("connect", () => {
     sentOnConnection = 0;
     lastDrawnId = -1;
+    nextSendAt = 0;
     setStatus("Connected; recognising.");
     schedule();
   });
@@ -134,6 +160,20 @@
       if (!labels.matches(":hover")) list(answer.faces, blob); // held still while the pointer is on it, to click
     }
     showStats(answer);
+  });
+
+  socket.on("rate", (rate) => {
+    stats.givenFps = rate.fps;
+    stats.busy = rate.reason;
+    rateOut.textContent = rate.fps.toFixed(rate.fps % 1 ? 1 : 0);
+    loadLine.hidden = !rate.reason;
+    if (rate.reason) {
+      const reason = rate.reason.charAt(0).toUpperCase() + rate.reason.slice(1);
+      loadLine.textContent = rate.fps > 0 ? `${reason}: this camera gets ${rateOut.textContent} frames a second.`
+        : `${reason}: waiting for a free place.`;
+    }
+    nextSendAt = 0;
+    schedule();
   });
 
   socket.on("error", (answer) => {

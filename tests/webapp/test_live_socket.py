@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 
 import pytest
@@ -131,3 +132,31 @@ def test_two_connections_each_get_their_own_answers(server, frames):
     finally:
         first.close()
         second.close()
+
+
+def test_a_connection_is_told_the_rate_it_is_given(server):
+    import socketio
+
+    from web_helpers import cookie_header, server_session
+
+    rates = []
+    sio = socketio.Client(reconnection=False)
+    sio.on("rate", rates.append, namespace="/live")
+    sio.connect(server, transports=["websocket"], namespaces=["/live"], wait_timeout=10,
+                headers=cookie_header(server_session(server)), auth={"fps": 12})
+    try:
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while not rates and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rates == [{"fps": 12, "reason": None}]  # what it asked for: the server is not full
+    finally:
+        threading.Thread(target=sio.disconnect, daemon=True).start()
+
+
+def test_emitting_connect_or_disconnect_does_not_reset_or_end_the_stream(live, frames):
+    event, answer = live.ask(frames(ENROLLED, 21))
+    assert event == "faces" and answer["frame_id"] == 0
+    live.sio.emit("connect", namespace="/live")
+    live.sio.emit("disconnect", namespace="/live")
+    event, answer = live.ask(frames(ENROLLED, 22))
+    assert event == "faces" and answer["frame_id"] == 1 and answer["faces"][0]["name"] == "Ada"

@@ -1,0 +1,136 @@
+"""Threads or processes for the live workers? The live path's frames per second either way.
+
+    python bench/workers.py [--workers N] [--streams 8] [--seconds 10] [--backbone NAME] [--detector NAME]
+
+Each worker (a thread, or a process) has its own recognizer and one FaceTracker per stream it serves,
+and runs the live path (decode the JPEG, track: follow, detect when due, embed when due) on the
+bench's sliding-face frames as fast as it can, each stream's clock moving 1/15 s a frame. It reports
+frames per second for 1 thread, N threads and N processes (default N: the cores), and how much of one
+thread's time dlib and OpenCV hold the GIL (a pure-Python counter runs beside the worker). Last line: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from live import FACES_DIR, PERSON, make_frames  # noqa: E402
+
+from model.gallery import Gallery  # noqa: E402
+from model.images import decode_image, load_image  # noqa: E402
+from model.recognizer import Recognizer  # noqa: E402
+from model.tracking import FaceTracker  # noqa: E402
+
+STREAM_FPS = 15
+
+
+def frames_and_gallery(recognizer: Recognizer) -> tuple[list[bytes], Gallery]:
+    photos = sorted((FACES_DIR / "celeba" / PERSON).glob("*.jpg"))
+    gallery = Gallery(dim=128)
+    for i, path in enumerate(photos[:3]):
+        photo = load_image(path)
+        gallery.add(i, 1, recognizer.embed_faces(photo, recognizer.enrollment_faces(photo)[:1])[0])
+    return make_frames([load_image(p) for p in photos[3:8]], 270), gallery
+
+
+def serve(options: dict, streams: int, seconds: float, out=None) -> int:
+    """One worker: its own recognizer and trackers, frames answered until `seconds` pass; returns how many."""
+    recognizer = Recognizer(options["backbone"], detector=options["detector"]).load()
+    frames, gallery = frames_and_gallery(recognizer)
+    trackers = [FaceTracker(recognizer, max_side=640) for _ in range(streams)]
+    for tracker in trackers:  # first frames (new tracks) are not what a worker mostly does
+        tracker.update(decode_image(frames[0]), gallery, now=0.0)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for s, tracker in enumerate(trackers):
+            k = done // streams + 1
+            tracker.update(decode_image(frames[(k + 37 * s) % len(frames)]), gallery, now=k / STREAM_FPS)
+            done += 1
+    if out is not None:
+        out.put(done)
+    return done
+
+
+def threads(options: dict, workers: int, streams: int, seconds: float) -> float:
+    counts: list[int] = []
+    pool = [threading.Thread(target=lambda: counts.append(serve(options, streams // workers, seconds)))
+            for _ in range(workers)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return sum(counts) / seconds
+
+
+def processes(options: dict, workers: int, streams: int, seconds: float) -> float:
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    pool = [context.Process(target=serve, args=(options, streams // workers, seconds, out)) for _ in range(workers)]
+    for process in pool:
+        process.start()
+    counts = [out.get() for _ in pool]
+    for process in pool:
+        process.join()
+    return sum(counts) / seconds
+
+
+def gil_share(options: dict, seconds: float = 3.0) -> float:
+    """The share of a pure-Python counter's solo speed it loses while one worker runs beside it."""
+    def count(stop: threading.Event, result: list) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+        result.append(n)
+
+    def counter_rate(busy: bool) -> float:
+        stop, result = threading.Event(), []
+        thread = threading.Thread(target=count, args=(stop, result))
+        thread.start()
+        if busy:
+            serve(options, 1, seconds)
+        else:
+            time.sleep(seconds)
+        stop.set()
+        thread.join()
+        return result[0] / seconds
+
+    serve(options, 1, 0.5)  # models loaded and warm
+    return 1 - counter_rate(True) / counter_rate(False)
+
+
+def main() -> dict:
+    from webapp.events import cores
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=cores())
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--backbone", default=Recognizer().backbone.name)
+    parser.add_argument("--detector", default=Recognizer().detector.name)
+    args = parser.parse_args()
+    options = {"backbone": args.backbone, "detector": args.detector}
+    result = {
+        "backbone": args.backbone,
+        "detector": args.detector,
+        "workers": args.workers,
+        "streams": args.streams,
+        "one_thread_fps": round(threads(options, 1, args.streams, args.seconds), 1),
+        "threads_fps": round(threads(options, args.workers, args.streams, args.seconds), 1),
+        "processes_fps": round(processes(options, args.workers, args.streams, args.seconds), 1),
+        "gil_held_share": round(gil_share(options), 2),
+    }
+    for key, value in result.items():
+        print(f"{key}: {value}", file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
