@@ -12,8 +12,11 @@ import logging
 import os
 import sys
 
-from webapp import create_app, security, settings
-from webapp.extensions import socketio
+# One BLAS thread per live worker (there is a worker per core already); set before numpy and dlib load.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from webapp import create_app, security, settings  # noqa: E402
+from webapp.extensions import socketio  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,8 +5,9 @@
 Each worker (a thread, or a process) has its own recognizer and one FaceTracker per stream it serves,
 and runs the live path (decode the JPEG, track: follow, detect when due, embed when due) on the
 bench's sliding-face frames as fast as it can, each stream's clock moving 1/15 s a frame. It reports
-frames per second for 1 thread, N threads and N processes (default N: the cores), and how much of one
-thread's time dlib and OpenCV hold the GIL (a pure-Python counter runs beside the worker). Last line: JSON.
+frames per second for 1 thread, N threads and N processes (default N: the cores), and for each step
+of the live path the share of its time it holds the GIL (a thread beside it records when it could not
+run; on a busy machine that reads high for every step). Last line: JSON.
 """
 
 from __future__ import annotations
@@ -81,32 +82,52 @@ def processes(options: dict, workers: int, streams: int, seconds: float) -> floa
     return sum(counts) / seconds
 
 
-def gil_share(options: dict, seconds: float = 3.0) -> float:
-    """The share of a pure-Python counter's solo speed it loses while one worker runs beside it."""
-    def count(stop: threading.Event, result: list) -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-        result.append(n)
+def gil_held(options: dict, seconds: float = 1.0) -> dict[str, float]:
+    """For each step of the live path, the share of its time another Python thread could not run (GIL held)."""
+    import numpy as np
 
-    def counter_rate(busy: bool) -> float:
-        stop, result = threading.Event(), []
-        thread = threading.Thread(target=count, args=(stop, result))
-        thread.start()
-        if busy:
-            serve(options, 1, seconds)
-        else:
-            time.sleep(seconds)
+    recognizer = Recognizer(options["backbone"], detector=options["detector"]).load()
+    frames, _ = frames_and_gallery(recognizer)
+    jpeg = frames[0]
+    frame = decode_image(jpeg)
+    faces = recognizer.find_faces(frame, max_side=640)
+    steps = {
+        "decode": lambda: decode_image(jpeg),
+        "detect": lambda: recognizer.find_faces(frame, max_side=640),
+        "follow (landmarks refitted)": lambda: [recognizer.detector.refit(frame, faces[0]) for _ in range(10)],
+        "embed (backbone features)": lambda: recognizer.features(frame, faces),
+    }
+    parts = getattr(recognizer.backbone, "parts", [recognizer.backbone])
+    for part in parts:  # each network of a fused backbone on its own
+        steps[f"embed: {part.name}"] = lambda part=part: part.features(frame, faces)
+    shares = {}
+    for name, step in steps.items():
+        step()
+        stop, blocked = threading.Event(), [0.0]
+
+        def watch() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                now = time.perf_counter()
+                if now - last > 0.0005:
+                    blocked[0] += now - last
+                last = now
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.01)
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            step()
+        elapsed = time.perf_counter() - started
         stop.set()
-        thread.join()
-        return result[0] / seconds
-
-    serve(options, 1, 0.5)  # models loaded and warm
-    return 1 - counter_rate(True) / counter_rate(False)
+        watcher.join()
+        shares[name] = round(float(np.clip(blocked[0] / elapsed, 0, 1)), 2)
+    return shares
 
 
 def main() -> dict:
-    from webapp.events import cores
+    from webapp.live_admission import cores
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=cores())
@@ -124,7 +145,7 @@ def main() -> dict:
         "one_thread_fps": round(threads(options, 1, args.streams, args.seconds), 1),
         "threads_fps": round(threads(options, args.workers, args.streams, args.seconds), 1),
         "processes_fps": round(processes(options, args.workers, args.streams, args.seconds), 1),
-        "gil_held_share": round(gil_share(options), 2),
+        "gil_held": gil_held(options),
     }
     for key, value in result.items():
         print(f"{key}: {value}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Find faces in RGB frames: OpenCV's YuNet (the default) or dlib's frontal HOG detector, with dlib's 5-point landmarks.
+"""Find faces in RGB frames: OpenCV's YuNet (the default), dlib's HOG detector or MTCNN, with dlib's 5 landmarks.
 
 Boxes everywhere in this project are int [left, top, right, bottom] in pixels of
 the frame that was passed in, clipped to it. dlib types stay inside this module
@@ -219,11 +219,60 @@ class YuNetDetector(FaceDetector):
         return sorted(faces, key=lambda face: face.width * face.height, reverse=True)
 
 
-DETECTORS: dict[str, type[FaceDetector]] = {"yunet": YuNetDetector, "hog": FaceDetector}
+class MTCNNDetector(FaceDetector):
+    """MTCNN (the PyPI package mtcnn 1.0.0, on TensorFlow; see model/detect_mtcnn.py), with dlib's 5
+    landmarks refitted inside each box and MTCNN's own 5 points kept as `keypoints`, as YuNet's are.
+
+    TensorFlow is imported in `load()`, never at import, so only a server started with
+    FACES_DETECTOR=mtcnn loads it. Speed and recall next to YuNet and HOG: bench/detectors.py.
+    """
+
+    name = "mtcnn"
+
+    def __init__(self, predictor_path: str | None = None, *, score_threshold: float | None = None):
+        super().__init__(predictor_path)
+        self.score_threshold = score_threshold
+        self._mtcnn = None
+
+    def load(self) -> "MTCNNDetector":
+        super().load()
+        with self._lock:
+            if self._mtcnn is None:
+                from model.detect_mtcnn import load_mtcnn
+
+                self._mtcnn = load_mtcnn()
+        return self
+
+    def clone(self) -> "MTCNNDetector":
+        return MTCNNDetector(self.predictor_path, score_threshold=self.score_threshold)
+
+    def detect(self, frame: NDArray[np.uint8], *, upsample: int = 0, max_side: int | None = None) -> list[Face]:
+        """Faces in an RGB frame, largest first (see FaceDetector.detect); upsample > 0 searches down to 12 px."""
+        from model.detect_mtcnn import MIN_FACE_PX, SCORE_THRESHOLD, SMALLEST_FACE_PX, mtcnn_rows
+
+        self.load()
+        height, width = frame.shape[:2]
+        scale = min(1.0, max_side / max(height, width)) if max_side and min(height, width) > 0 else 1.0
+        small = frame
+        if scale != 1.0:
+            small = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                               interpolation=cv2.INTER_AREA)
+        rows = mtcnn_rows(self._mtcnn, small, min_face_px=SMALLEST_FACE_PX if upsample > 0 else MIN_FACE_PX,
+                          score_threshold=self.score_threshold or SCORE_THRESHOLD)
+        faces = []
+        for row in rows:
+            keypoints = (row[5:15].reshape(5, 2) / scale).astype(np.float32)
+            face = self._face_at(frame, row[:4].astype(np.float64) / scale, float(row[4]), keypoints)
+            if face.width > 0 and face.height > 0:
+                faces.append(face)
+        return sorted(faces, key=lambda face: face.width * face.height, reverse=True)
+
+
+DETECTORS: dict[str, type[FaceDetector]] = {"yunet": YuNetDetector, "hog": FaceDetector, "mtcnn": MTCNNDetector}
 
 
 def get_detector(name: str) -> FaceDetector:
-    """A new, not yet loaded detector by name ('yunet' or 'hog')."""
+    """A new, not yet loaded detector by name ('yunet', 'hog' or 'mtcnn')."""
     try:
         return DETECTORS[name]()
     except KeyError:

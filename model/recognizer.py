@@ -8,7 +8,7 @@ applied without re-reading photos).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from model.backbones import Backbone, get_backbone
 from model.detect import Face, FaceDetector, face_nearest_centre, get_detector
 from model.gallery import Gallery, Match, OpenSetRule
 from model.head import Head, load_head
+from model.quality import MIN_DETAIL, face_detail
 
 # Cosine similarity at which dlib-resnet (identity head, flip averaging on)
 # accepts a match: the false-accept rate 1e-3 point over all 18 million
@@ -31,6 +32,7 @@ DEFAULT_DETECTOR = "yunet"
 # too coarse to tell people apart, so they are never named nor kept in the inbox.
 DEFAULT_MIN_RECOGNISE_PX = 36
 TOO_SMALL = "too small to recognise"
+TOO_BLURRED = "too blurred to recognise"
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.
 DEFAULT_MIN_FACE = 60
 # Enrollment photos are detected at this upsampling (finds faces down to about 40 px), on a copy
@@ -55,6 +57,13 @@ class Recognition:
     track_id: int | None = None
     features: NDArray[np.float32] | None = None
     embedding: NDArray[np.float32] | None = None
+
+
+def stricter(rule: float | OpenSetRule, offset: float) -> float | OpenSetRule:
+    """The rule with `offset` added to every similarity it asks for (negative: looser)."""
+    if isinstance(rule, OpenSetRule):
+        return replace(rule, base=tuple(value + offset for value in rule.base)) if offset else rule
+    return float(rule) + offset
 
 
 class EnrollmentRejected(ValueError):
@@ -91,6 +100,8 @@ class Recognizer:
         self.flip = flip
         self.min_recognise_px = min_recognise_px
         self.weights_dir = weights_dir  # where head and weight files are read (None: model.paths.DEFAULT_WEIGHTS_DIR)
+        # Added to every threshold of the rule (the user's own strictness; webapp.strictness), unless fixed.
+        self.strictness = 0.0
 
     @property
     def threshold(self) -> float:
@@ -106,10 +117,17 @@ class Recognizer:
     def rule(self) -> float | OpenSetRule:
         """What a match must clear: a fixed threshold when one was given (FACES_THRESHOLD), else the
         head's open-set rule (stricter as the gallery grows, see model.gallery.OpenSetRule) when it has
-        one, else the head's or the default threshold."""
-        if self._threshold is None and self.head is not None and "open_set" in self.head.info:
-            return OpenSetRule.from_info(self.head.info["open_set"])
-        return self.threshold
+        one, else the head's or the default threshold; either raised by `strictness` unless fixed."""
+        if self._threshold is not None:
+            return self._threshold
+        if self.head is not None and "open_set" in self.head.info:
+            return stricter(OpenSetRule.from_info(self.head.info["open_set"]), self.strictness)
+        return stricter(self.threshold, self.strictness)
+
+    @property
+    def threshold_is_fixed(self) -> bool:
+        """True when a fixed threshold was given: then `strictness` changes nothing."""
+        return self._threshold is not None
 
     def load(self) -> "Recognizer":
         """Load detector, backbone and head (idempotent). Raises BackboneUnavailable/HeadUnavailable."""
@@ -123,7 +141,7 @@ class Recognizer:
         """A recognizer with the same backbone kind, head, threshold, flip and weights_dir but its own
         detector and network, for a second thread: dlib's objects keep per-call state and
         must not run on two threads at once. Not loaded yet (load() is lazy as ever)."""
-        return Recognizer(
+        twin = Recognizer(
             self.backbone.clone(),
             head=self.head,
             detector=self.detector.clone(),
@@ -132,6 +150,8 @@ class Recognizer:
             weights_dir=self.weights_dir,
             min_recognise_px=self.min_recognise_px,
         )
+        twin.strictness = self.strictness
+        return twin
 
     def set_head(self, head: Head) -> None:
         """Swap in a new head (one assignment, so concurrent frames see old or new, never half)."""
@@ -168,13 +188,17 @@ class Recognizer:
         """Everyone in one frame: detect, align, embed in one batch, match."""
         return self.decide(frame, self.find_faces(frame, upsample=upsample, max_side=max_side), gallery)
 
-    def unrecognisable(self, face: Face) -> str | None:
-        """Why a face cannot be recognised (too small), or None."""
-        return TOO_SMALL if min(face.width, face.height) < self.min_recognise_px else None
+    def unrecognisable(self, face: Face, frame: NDArray[np.uint8] | None = None) -> str | None:
+        """Why a face cannot be recognised (too small; too blurred, when its frame is given), or None."""
+        if min(face.width, face.height) < self.min_recognise_px:
+            return TOO_SMALL
+        if frame is not None and face_detail(frame, face.box) < MIN_DETAIL:
+            return TOO_BLURRED
+        return None
 
     def decide(self, frame: NDArray[np.uint8], faces: list[Face], gallery: Gallery) -> list[Recognition]:
         """Embed every recognisable face in one batch and match it; the others come back unknown with a reason."""
-        reasons = [self.unrecognisable(face) for face in faces]
+        reasons = [self.unrecognisable(face, frame) for face in faces]
         results = [Recognition(face, Match(None, 0.0, 0.0, reason=reason)) for face, reason in zip(faces, reasons)]
         chosen = [i for i, reason in enumerate(reasons) if reason is None]
         if chosen:

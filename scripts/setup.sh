@@ -8,6 +8,15 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(cmake libopenblas-dev liblapack-dev)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then
   APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
+  # The camera tests: ffmpeg pushes an RTSP stream to a small relay (RTSP::Server, run with perl, no service);
+  # the app itself reads cameras with OpenCV's own FFmpeg.
+  APT_PACKAGES+=(ffmpeg librtsp-server-perl)
+  APT_PACKAGES+=(mosquitto)  # the MQTT tests start a private broker (the app only needs one when FACES_MQTT_URL is set)
+  # The cluster tests: a private Redis and HAProxy in front of several server.py processes.
+  APT_PACKAGES+=(redis-server haproxy)
+fi
+if [ "${WITH_CLUSTER:-0}" = 1 ]; then  # scripts/cluster.sh, without the browser
+  APT_PACKAGES+=(redis-server haproxy)
 fi
 
 missing=()

@@ -70,3 +70,43 @@ def test_identify_splits_enrolled_and_non_mated(small_set, capsys):
     assert result["non_mated_probes"] == 8
     assert result["rank1"] >= 0.8
     assert 0 <= result["dir_at_fpir_0.01"] <= result["rank1"]
+
+
+def _groups_file(path, rows) -> str:
+    path.write_text("person,group\n" + "".join(f"{person},{group}\n" for person, group in rows))
+    return str(path)
+
+
+def test_verify_reports_tar_per_group_and_the_largest_gap(small_set, tmp_path, capsys):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(evaluate.make_pairs(small_set, seed=1, n_folds=2, per_kind=5))
+    people = sorted(p.name for p in small_set.iterdir())  # 12 with 3 photos, then 4 with 2
+    groups = _groups_file(tmp_path / "groups.csv", [(name, "A" if i < 8 else "B") for i, name in enumerate(people)])
+    result = evaluate.main(["verify", "--images", str(small_set), "--pairs", str(pairs), "--cache",
+                            str(tmp_path / "cache"), "--groups", groups])
+    assert last_json(capsys) == result and result["pairs"] == 20
+    rows = {row["group"]: row for row in result["per_group"]["groups"]}
+    assert set(rows) == {"A", "B"}
+    assert (rows["A"]["photos"], rows["A"]["genuine_pairs"], rows["A"]["impostor_pairs"]) == (24, 24, 252)
+    assert (rows["B"]["photos"], rows["B"]["genuine_pairs"], rows["B"]["impostor_pairs"]) == (20, 16, 174)
+    for row in rows.values():
+        assert 0 <= row["tar_at_far_1e-04"] <= row["tar_at_far_1e-03"] <= 1
+    for far in ("tar_at_far_1e-03", "tar_at_far_1e-04"):
+        gap = result["per_group"]["gap"][far]
+        assert {gap["best"], gap["worst"]} <= {"A", "B"}
+        assert gap["points"] == pytest.approx(100 * abs(rows["A"][far] - rows["B"][far]), abs=0.01)
+
+
+def test_a_groups_file_naming_unknown_people_is_refused_before_any_work(small_set, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(evaluate.make_pairs(small_set, seed=1, n_folds=2, per_kind=5))
+    person = sorted(p.name for p in small_set.iterdir())[0]
+    bad = _groups_file(tmp_path / "bad.csv", [(person, "A"), ("Nobody Here", "B")])
+    args = ["verify", "--images", str(small_set), "--pairs", str(pairs), "--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit, match="names 1 people with no photos in .*Nobody Here"):
+        evaluate.main(args + ["--groups", bad])
+    with pytest.raises(SystemExit, match="no 'person,group' rows"):
+        evaluate.main(args + ["--groups", _groups_file(tmp_path / "empty.csv", [])])
+    with pytest.raises(SystemExit, match="no groups file"):
+        evaluate.main(args + ["--groups", str(tmp_path / "missing.csv")])
+    assert not (tmp_path / "cache").exists()  # nothing was embedded

@@ -25,7 +25,8 @@ TRAINING_MAY_IMPORT = {"webapp.settings", "webapp.people_store"}
 HEAVY = ("tensorflow", "keras")
 # `python -m model.train` etc.: thin entry points into model.training, outside the core.
 ENTRY_POINTS = {"model.train": "model.training.train", "model.evaluate": "model.training.evaluate",
-                "model.finetune": "model.training.finetune"}
+                "model.finetune": "model.training.finetune", "model.classifier": "model.training.classifier_cli",
+                "model.train_backbone": "model.training.backbone_train"}
 
 
 def module_name(path: Path) -> str:

@@ -76,6 +76,9 @@ class CountingRecognizer:
     def embed(self, features):
         return self._r.embed(features)
 
+    def unrecognisable(self, face, frame=None):
+        return self._r.unrecognisable(face, frame)
+
 
 def tracker(recognizer, **options) -> FaceTracker:
     return FaceTracker(recognizer, max_side=640, **options)
@@ -216,3 +219,16 @@ def test_a_gallery_change_rematches_tracks_without_embedding_again(recognizer, c
     [after] = faces_tracker.update(frame, grown, now=1 / FPS)
     assert after.track_id == before.track_id and after.match.person_id == 7205  # named at once
     assert counting.embedded_faces == embedded
+
+
+def test_a_face_too_small_to_recognise_is_boxed_with_its_reason_and_never_embedded(recognizer, celeba_dir, gallery):
+    from model.recognizer import TOO_SMALL
+
+    counting = CountingRecognizer(recognizer)
+    counting.unrecognisable = lambda face, frame=None: TOO_SMALL  # every face is too small here
+    faces_tracker = tracker(counting)
+    photo = portrait(celeba_dir, "celeb_7201", 1)
+    for k in range(5):
+        [face] = faces_tracker.update(placed(photo, 200), gallery, now=k / FPS)
+        assert (face.match.person_id, face.match.reason, face.embedding) == (None, TOO_SMALL, None)
+    assert counting.embedded_faces == 0

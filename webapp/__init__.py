@@ -11,7 +11,8 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import auth, db, errors, events, files, inbox_store, people_store, security, settings
+from webapp import auth, db, errors, events, files, inbox_store, people_store, security, settings, strictness
+from webapp import changes, health, redis_link  # several processes on one data folder (scripts/cluster.sh)
 from webapp.extensions import socketio
 from webapp.reembed import Reembedder
 from webapp.service import FaceService
@@ -22,6 +23,9 @@ MB = 1024 * 1024
 # Engine.IO closes a connection whose message exceeds its buffer, so the buffer
 # is larger than MAX_FRAME_MB: frames between the two get a polite `error` event.
 FRAME_BUFFER_FACTOR = 4
+# With several processes on one data dir, the start-up sweep leaves files younger than this (an hour: no
+# enrollment takes that long between its files and its rows).
+SHARED_SWEEP_MIN_AGE_S = 3600.0
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -52,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     files.make_private(data_dir)  # after the database file exists; SQLite gives its -wal/-shm files its mode
     _sweep(app)
+    first_change = changes.newest_in(app.config["DATABASE"])  # before the load: later changes are applied, none missed
     service = _face_service(app)
     app.extensions["faces"] = service
     service.start_loading()
@@ -59,11 +64,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["reembed"] = reembedder
     app.context_processor(lambda: {"faces_model": service, "reembed": reembedder.progress})
     reembedder.start_if_needed()  # photos of another backbone are embedded again, in the background
+    changes.init_app(app, first_change)  # several processes: each follows the others' changes
 
-    from webapp import api, enroll, export, head, inbox, live, people
+    from webapp import api, enroll, export, head, inbox, integrations, live, people, strictness_views
+    from webapp import camera_manager, camera_views
 
+    redis_link.init_app(app)  # FACES_REDIS_URL checked before security uses it for the login limit
     security.init_app(app)  # before the blueprints: it sets the id converter
     auth.init_app(app)
+    health.init_app(app)  # public: the load balancer checks it without logging in
     app.register_blueprint(people.bp)
     app.register_blueprint(enroll.bp)
     app.register_blueprint(live.bp)
@@ -71,6 +80,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(export.bp)
     app.register_blueprint(head.bp)
     app.register_blueprint(inbox.bp)
+    app.register_blueprint(strictness_views.bp)
+    app.register_blueprint(camera_views.bp)
+    integrations.init_app(app)  # the Notifier (MQTT, webhooks) before the live streams; API keys
     app.add_url_rule("/", endpoint="index", view_func=people.index)
     errors.init_app(app)
 
@@ -79,10 +91,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         async_mode="threading",
         async_handlers=False,  # frames are handled in arrival order; handlers only store them
         max_http_buffer_size=FRAME_BUFFER_FACTOR * app.config["MAX_FRAME_BYTES"],
+        client_manager=redis_link.client_manager(app.config.get("REDIS_URL")),  # None: this process alone
     )
     security.limit_websocket_messages(socketio.server.eio)
     auth.gate_socketio(app)
     events.init_app(app, socketio.server)
+    camera_manager.init_app(app)  # after the live streams, whose archive and options cameras share
     return app
 
 
@@ -99,11 +113,14 @@ def _face_service(app: Flask) -> FaceService:
         live_upsample=app.config["LIVE_UPSAMPLE"],
         recognize_upsample=app.config["RECOGNIZE_UPSAMPLE"],
         max_frame_bytes=app.config["MAX_FRAME_BYTES"],
+        gallery_options={"ann_min_photos": app.config["ANN_MIN_PHOTOS"],
+                         "correction_level": app.config["CORRECTION_LEVEL"]},
     )
     conn = db.connect(app.config["DATABASE"])
     try:
         loaded = people_store.load_gallery(conn, service)
         other = people_store.count_other_backbones(conn, service.backbone)
+        service.set_strictness(strictness.stored(conn))
     finally:
         conn.close()
     log.info("gallery: %d photos of %d people", loaded, len(service.names))
@@ -120,10 +137,13 @@ def _secret_key(data_dir: Path) -> str:
 
 def _sweep(app: Flask) -> None:
     """Remove files a crash left without rows and rows past their retention; report rows whose files are gone."""
+    # Other processes on this data dir may be writing an enrollment's files right now: leave recent ones.
+    shared = app.config["PROCESSES"] > 1 or bool(app.config["REDIS_URL"])
+    min_age_s = SHARED_SWEEP_MIN_AGE_S if shared else 0.0
     conn = db.connect(app.config["DATABASE"])
     try:
-        removed = people_store.sweep_orphans(conn, app.config["DATA_DIR"]) + inbox_store.sweep_inbox(
-            conn, app.config["DATA_DIR"])
+        removed = people_store.sweep_orphans(conn, app.config["DATA_DIR"], min_age_s) + inbox_store.sweep_inbox(
+            conn, app.config["DATA_DIR"], min_age_s)
         inbox_store.purge(conn, app.config["DATA_DIR"], inbox_days=app.config["INBOX_RETENTION_DAYS"],
                           history_days=app.config["HISTORY_RETENTION_DAYS"])
         missing = people_store.missing_files(conn, app.config["DATA_DIR"])

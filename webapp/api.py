@@ -9,9 +9,11 @@ from werkzeug.exceptions import BadRequest
 
 from model.images import ImageError, decode_image
 from model.quality import POSES
-from webapp import forget, import_jobs, people_moves, people_store
+from webapp import corrections, forget, import_jobs, people_moves, people_store
 from webapp.db import get_db
-from webapp.payloads import enrollment_json, face_json, faces_json, person_json, photo_json, read_box, read_uploads
+from webapp.payloads import (
+    correction_json, enrollment_json, face_json, faces_json, person_json, photo_json, read_box, read_uploads,
+)
 from webapp.security import parse_row_id
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -62,6 +64,7 @@ def get_person(person_id: int):
     db = get_db()
     person = person_json(people_store.get_person(db, person_id))
     person["photos"] = [photo_json(row) for row in people_store.person_photos(db, person_id)]
+    person["corrections"] = [correction_json(row) for row in corrections.for_person(db, person_id)]
     return jsonify(person)
 
 
@@ -202,5 +205,14 @@ def add_correction():
     found = service.face_at(frame, box)
     if found is None:
         return jsonify(error="no face at that box"), 422
-    correction_id = people_store.add_correction(db, person_id, found.features, found.embedding, service.backbone)
+    thumb = people_store.thumbnail_jpeg(frame, [int(v) for v in found.face.box])
+    correction_id = people_store.add_correction(db, person_id, found.features, found.embedding, service.backbone,
+                                                thumb=thumb, service=service)
     return jsonify(correction_id=correction_id, person_id=person_id, box=[int(v) for v in found.face.box]), 201
+
+
+@bp.delete("/corrections/<int:correction_id>")
+def undo_correction(correction_id: int):
+    """Undo a "not this person": the face may be given that person's name again from the next match."""
+    row = corrections.undo(get_db(), _service(), correction_id)
+    return jsonify(deleted=correction_id, person_id=row["person_id"])

@@ -14,17 +14,23 @@ login ends SESSION_HOURS after it was made: a cookie whose id is not there is
 refused. A session also remembers a fingerprint of the password's hash.
 Without a session, /api/* and JSON requests get 401 with {"error": ...}; pages
 redirect to the login page. Failed logins are limited per client address
-(LOGIN_LIMIT, default 5 per minute), then 429 with Retry-After.
+(LOGIN_LIMIT, default 5 per minute), then 429 with Retry-After; behind a reverse
+proxy that address is the one the proxy forwards (FACES_TRUSTED_PROXIES), so one
+client's lockout is not everyone's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +39,7 @@ from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import BadRequest, Forbidden
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from webapp import api_keys
 from webapp.errors import error_response, wants_json
 from webapp.extensions import csrf, limiter
 from webapp.security import SecurityHeaders, from_this_machine, write_private
@@ -49,7 +56,7 @@ MAX_PASSWORD_LENGTH = 1024  # longer input is refused before hashing
 SESSION_KEY = "admin"
 SESSION_ID_KEY = "sid"
 MAX_SESSIONS = 1000  # live logins kept; the oldest go first
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.api_login", "auth.setup", "static"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.api_login", "auth.setup", "static", "health.health"})
 
 NOT_SET = (
     "no admin password is set yet: open the app in a browser on the server's machine, "
@@ -127,7 +134,19 @@ def _fingerprint(hashed: str) -> str:
 
 # --- sessions: the live ones are listed in the data dir --------------------------------
 
-_sessions_lock = threading.Lock()  # one writer of the sessions file at a time
+_sessions_lock = threading.Lock()  # one writer of the sessions file at a time in this process...
+
+
+@contextmanager
+def _sessions_writer(data_dir: Path) -> Iterator[None]:
+    """...and across the processes sharing the data dir (a lock file beside it), so no login is lost."""
+    lock_path = Path(data_dir) / f"{SESSIONS_FILE}.lock"
+    with _sessions_lock, os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)) as lock:  # owner-only
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _now() -> float:
@@ -171,7 +190,7 @@ def _lifetime_s() -> float:
 
 def _add_session(data_dir: Path, session_id: str) -> None:
     now, lifetime = _now(), _lifetime_s()
-    with _sessions_lock:
+    with _sessions_writer(data_dir):
         live = {d: t for d, t in _read_sessions(data_dir).items() if now - t < lifetime}
         live[_digest(session_id)] = now
         _write_sessions(data_dir, live)
@@ -180,7 +199,7 @@ def _add_session(data_dir: Path, session_id: str) -> None:
 def _end_session(data_dir: Path, session_id: object) -> None:
     if not isinstance(session_id, str):
         return
-    with _sessions_lock:
+    with _sessions_writer(data_dir):
         live = _read_sessions(data_dir)
         if live.pop(_digest(session_id), None) is not None:
             _write_sessions(data_dir, live)
@@ -188,7 +207,7 @@ def _end_session(data_dir: Path, session_id: object) -> None:
 
 def end_all_sessions(data_dir: Path) -> int:
     """Log out every browser and script; returns how many live sessions there were."""
-    with _sessions_lock:
+    with _sessions_writer(data_dir):
         count = len(_read_sessions(data_dir))
         if count or sessions_path(data_dir).exists():
             _write_sessions(data_dir, {})
@@ -230,8 +249,16 @@ def _local_target(target: str | None) -> str:
 
 
 def require_login():
-    """before_request: let the admin through; send others to log in (or to set the password)."""
-    if request.endpoint in PUBLIC_ENDPOINTS or logged_in():
+    """before_request: let the admin through; send others to log in (or to set the password).
+
+    A request with `Authorization: Bearer <key>` is judged by its API key alone (webapp.api_keys).
+    """
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    token = api_keys.bearer_token()
+    if token is not None:
+        return api_keys.authorize(token)
+    if logged_in():
         return None
     if stored_hash() is None:
         if wants_json():

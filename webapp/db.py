@@ -8,6 +8,8 @@ use `transaction()`.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +80,76 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX corrections_by_person ON corrections(person_id);
     """,
+    """
+    CREATE TABLE cameras (               -- video streams the server reads and recognises (webapp/cameras.py)
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        url TEXT NOT NULL,               -- may hold a user name and password: never shown or logged as is
+        enabled INTEGER NOT NULL DEFAULT 1,
+        fps REAL,                        -- frames a second to analyse; NULL: FACES_CAMERA_FPS
+        min_face_px INTEGER,             -- smallest face recognised (box side); NULL: FACES_MIN_RECOGNISE_PX
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    """,
+    """
+    -- the corrected face as a small JPEG, so the person page can show what an Undo would bring back (NULL: none kept)
+    ALTER TABLE corrections ADD COLUMN thumb BLOB;
+    """,
+    """
+    CREATE TABLE api_keys (              -- keys for scripts and integrations (webapp/api_keys.py)
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE, -- hex SHA-256 of the key; the key itself is shown once, never stored
+        hint TEXT NOT NULL,              -- the key's first characters, to tell keys apart
+        scopes TEXT NOT NULL,            -- space-separated: read recognize manage
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+        last_used_at TEXT,               -- UTC, at most a minute behind
+        revoked_at TEXT                  -- UTC; NULL: live
+    );
+    """,
+    """
+    CREATE TABLE stored_settings (       -- choices made in the app's pages (webapp/strictness.py: "strictness")
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    -- which way the face looked (model.quality.POSES), recorded at enrollment; NULL: not recorded
+    ALTER TABLE photos ADD COLUMN pose TEXT;
+    """,
+    """
+    -- What changed in the tables that shape matching, for every process on this data folder to catch up
+    -- (webapp/changes.py). Only these triggers write it, so no store code has to remember to; ids only, no
+    -- names or vectors; purged after a day.
+    CREATE TABLE changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after a purge: "applied up to id" stays true
+        kind TEXT NOT NULL,                    -- person, photo, correction or setting
+        row_id INTEGER,                        -- people.id, photos.id, corrections.id; NULL for a setting
+        changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    );
+    CREATE TRIGGER changes_person_added AFTER INSERT ON people
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('person', NEW.id); END;
+    CREATE TRIGGER changes_person_renamed AFTER UPDATE OF name ON people
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('person', NEW.id); END;
+    CREATE TRIGGER changes_person_deleted AFTER DELETE ON people
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('person', OLD.id); END;
+    CREATE TRIGGER changes_photo_added AFTER INSERT ON photos
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('photo', NEW.id); END;
+    CREATE TRIGGER changes_photo_changed AFTER UPDATE OF person_id, embedding, backbone ON photos
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('photo', NEW.id); END;
+    CREATE TRIGGER changes_photo_deleted AFTER DELETE ON photos  -- a person's delete cascades here too
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('photo', OLD.id); END;
+    CREATE TRIGGER changes_correction_added AFTER INSERT ON corrections
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('correction', NEW.id); END;
+    CREATE TRIGGER changes_correction_changed AFTER UPDATE OF person_id, embedding, backbone ON corrections
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('correction', NEW.id); END;
+    CREATE TRIGGER changes_correction_deleted AFTER DELETE ON corrections
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('correction', OLD.id); END;
+    CREATE TRIGGER changes_setting_added AFTER INSERT ON stored_settings
+        BEGIN INSERT INTO changes (kind) VALUES ('setting'); END;
+    CREATE TRIGGER changes_setting_changed AFTER UPDATE ON stored_settings
+        BEGIN INSERT INTO changes (kind) VALUES ('setting'); END;
+    CREATE TRIGGER changes_setting_deleted AFTER DELETE ON stored_settings
+        BEGIN INSERT INTO changes (kind) VALUES ('setting'); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -125,17 +197,36 @@ def connect(path: str | Path) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to SCHEMA_VERSION; returns the version it found."""
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"the database has schema version {found}, newer than this app's {SCHEMA_VERSION}; "
-            "update the app or point FACES_DATA_DIR elsewhere"
-        )
-    for version in range(found, SCHEMA_VERSION):
-        # executescript commits first, so the BEGIN/COMMIT here is the whole step.
-        conn.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
+    """Bring the schema up to SCHEMA_VERSION; returns the version it found.
+
+    Processes starting together on one data dir take turns (a lock file beside the
+    database), so the second finds the schema done instead of creating it again.
+    """
+    with _migration_lock(conn):
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {found}, newer than this app's {SCHEMA_VERSION}; "
+                "update the app or point FACES_DATA_DIR elsewhere"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            # executescript commits first, so the BEGIN/COMMIT here is the whole step.
+            conn.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
     return found
+
+
+@contextmanager
+def _migration_lock(conn: sqlite3.Connection) -> Iterator[None]:
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    if not path:  # an in-memory database: nobody else can see it
+        yield
+        return
+    with os.fdopen(os.open(f"{path}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock:  # owner-only
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -13,11 +13,12 @@ nothing queues.
 
 Admission: every connection is given a frame rate (a `rate` event), at most
 what it asked for (the `fps` of its Socket.IO auth, default FACES_LIVE_MAX_FPS)
-while all of them fit in what the workers can answer (measured from the time
-frames take, or FACES_LIVE_CAPACITY_FPS). When they do not, the newest
-connections are slowed down first, to FACES_LIVE_MIN_FPS ("server busy: N
-streams"), and one that cannot get even that waits at 0 ("server full"); older
-ones keep their rate. A worker takes a connection's frames no faster than its
+while all of them fit in what the workers can answer (measured from how long
+frames take, webapp.live_admission; or FACES_LIVE_CAPACITY_FPS). When they do
+not, the newest connections are slowed down first, to FACES_LIVE_MIN_FPS
+("server busy: N streams"), before older ones give anything up. A connection
+once let in keeps that minimum; a new one for which it does not fit waits at 0
+("server full: N streams") until there is room. A worker takes a connection's frames no faster than its
 rate, so a client that ignores it cannot take more.
 
 Contract: the client emits `frame` with JPEG bytes as a binary payload. The
@@ -31,13 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import socketio as python_socketio
 from flask import Flask, current_app, request
@@ -46,6 +44,7 @@ from flask_socketio import emit
 from webapp.auth import logged_in
 from webapp.extensions import socketio
 from webapp.inbox_store import Archive
+from webapp.live_admission import RATE_EVERY_S, Capacity, Connection, allocate, cores
 from webapp.live_stream import LiveStream
 from webapp.service import FaceService
 
@@ -54,69 +53,6 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/live"
 # Bad frames get an `error` event each, up to this many per connection and second; the rest are shed unanswered.
 MAX_ERROR_REPLIES_PER_S = 10
-# The workers are planned to be busy this share of the time (the sockets' own threads need the rest).
-LOAD_TARGET = 0.85
-# Seconds a frame is taken to cost until COST_SAMPLES frames have been timed (about what 2 cores measured).
-PRIOR_COST_S = 0.012
-COST_SAMPLES = 256
-# Rates are worked out again this often (seconds), and sent when they change by at least RATE_STEP.
-RATE_EVERY_S = 2.0
-RATE_STEP = 0.1
-# A worker takes a connection's frames at most PACE_MARGIN times its rate, in bursts of up to PACE_BURST
-# frames (a token bucket): a client keeping to its rate never waits, one sending more gets no more.
-PACE_MARGIN = 1.25
-PACE_BURST = 2.0
-
-
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def allocate(wants: list[float], capacity: float, min_fps: float) -> list[float]:
-    """Frame rates for streams in the order they connected.
-
-    Streams are let in, oldest first, while each can have at least min_fps (or what it
-    wants, when that is less); the rest get 0 and wait. Of those let in, each gets what it
-    wants as long as every later one keeps its minimum. wants, capacity and the result are
-    frames a second.
-    """
-    floors = [min(want, min_fps) for want in wants]
-    admitted, used = 0, 0.0
-    while admitted < len(wants) and used + floors[admitted] <= capacity + 1e-9:
-        used += floors[admitted]
-        admitted += 1
-    rates, left = [], capacity
-    for i in range(admitted):
-        rate = max(floors[i], min(wants[i], left - sum(floors[i + 1 : admitted])))
-        rates.append(rate)
-        left -= rate
-    return rates + [0.0] * (len(wants) - admitted)
-
-
-@dataclass
-class Connection:
-    """One live connection: its worker, the rate it asked for and the rate it is given."""
-
-    sid: str
-    worker: int
-    want: float
-    fps: float
-    reason: str | None = None
-    sent: tuple[float, str | None] | None = None  # the last `rate` event it got
-    tokens: float = PACE_BURST  # frames it may have taken now (see PACE_MARGIN)
-    filled: float = 0.0  # when tokens was last topped up (time.monotonic())
-
-    def wait_s(self, now: float) -> float:
-        """Seconds until its next frame may be taken (0: now), the bucket topped up first."""
-        if self.fps <= 0:
-            return math.inf
-        rate = PACE_MARGIN * self.fps
-        self.tokens = min(PACE_BURST, self.tokens + (now - self.filled) * rate)
-        self.filled = now
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / rate
-
-
 class LiveFrames:
     """The newest unprocessed frame of each connection, and the workers that answer them.
 
@@ -128,20 +64,22 @@ class LiveFrames:
     :param workers: worker threads (0: one per core).
     :param max_fps, min_fps, capacity_fps: admission (see the module docstring; capacity 0: measured).
     :param tracker_options: model.tracking.FaceTracker options for every stream.
+    :param on_event: each stream's track events go here (webapp.notify.Notifier.publish; None: none).
     """
 
     def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int,
                  archive: Archive | None = None, unknown_frames: int = 5, *, workers: int = 0,
-                 max_fps: float = 30.0, min_fps: float = 8.0, capacity_fps: float = 0.0,
-                 tracker_options: Mapping | None = None):
+                 max_fps: float = 30.0, min_fps: float = 5.0, capacity_fps: float = 0.0,
+                 tracker_options: Mapping | None = None, on_event=None):
         self.service = service
         self.archive = archive
         self.unknown_frames = unknown_frames
         self.server = server
         self.max_bytes = max_bytes
         self.workers = workers or cores()
-        self.max_fps, self.min_fps, self.capacity_fps = max_fps, min_fps, capacity_fps
+        self.max_fps, self.min_fps = max_fps, min_fps
         self.tracker_options = dict(tracker_options or {})
+        self.on_event = on_event
         self._slots: dict[str, tuple[int, bytes]] = {}
         self._arrived: dict[str, float] = {}
         self._sent: dict[str, int] = {}
@@ -152,7 +90,8 @@ class LiveFrames:
         self._wakes = [threading.Condition(self._lock) for _ in range(self.workers)]
         self._busy: list[str | None] = [None] * self.workers  # the connection each worker is answering
         self._twins: list | None = None
-        self._costs: deque[float] = deque(maxlen=COST_SAMPLES)
+        self.capacity = Capacity(self.workers, capacity_fps)
+        self.capacity_fps = self.capacity.step()  # the last capacity worked out
         self._allocated_at = 0.0
         self._errors: dict[str, tuple[int, int]] = {}  # sid -> (second, error replies in it)
         self.processed = 0
@@ -171,7 +110,7 @@ class LiveFrames:
             self._connections[sid] = Connection(sid, worker, want, want)
         stream = LiveStream(self.service, self.archive, unknown_frames=self.unknown_frames,
                             max_frame_bytes=self.max_bytes, recognizer=self._twins[worker],
-                            tracker_options=self.tracker_options)
+                            tracker_options=self.tracker_options, on_event=self.on_event)
         with self._lock:
             if sid in self._connections:
                 self._sent[sid] = 0
@@ -316,43 +255,36 @@ class LiveFrames:
                 started = time.perf_counter()
                 event, payload = stream.answer(frame_id, data, arrived)
                 self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
-                self._costs.append(time.perf_counter() - started)
+                self.capacity.answered(time.perf_counter() - started)
                 self.processed += 1
             with self._lock:
                 self._busy[index] = None
-                rates = self._allocate() if time.monotonic() - self._allocated_at >= RATE_EVERY_S else []
+                due = time.monotonic() - self._allocated_at >= RATE_EVERY_S
+                rates = self._allocate(measure=True) if due else []
             self._send_rates(rates)
 
     # --- admission -----------------------------------------------------------------------
 
-    def capacity(self) -> float:
-        """Frames a second all connections together are given: FACES_LIVE_CAPACITY_FPS, else measured."""
-        if self.capacity_fps > 0:
-            return self.capacity_fps
-        costs = list(self._costs)
-        cost = sum(costs) / len(costs) if len(costs) >= COST_SAMPLES // 4 else PRIOR_COST_S
-        return self.workers * LOAD_TARGET / max(cost, 1e-4)
+    def _allocate(self, measure: bool = False) -> list[tuple[str, dict]]:
+        """Work out every connection's rate (measure: the capacity first); returns the `rate` events to send.
 
-    def _allocate(self) -> list[tuple[str, dict]]:
-        """Work out every connection's rate; returns the `rate` events to send. Under _lock."""
-        self._allocated_at = time.monotonic()
+        Under _lock.
+        """
+        if measure:
+            self._allocated_at = time.monotonic()
+            self.capacity_fps = self.capacity.step(self._allocated_at)
         connections = list(self._connections.values())
-        rates = allocate([c.want for c in connections], self.capacity(), self.min_fps)
+        rates = allocate([c.want for c in connections], self.capacity_fps, self.min_fps,
+                         [c.fps > 0 and c.sent is not None for c in connections])
         events = []
         for connection, fps in zip(connections, rates):
-            if fps <= 0:
-                reason = f"server full: {len(connections)} streams"
-            elif fps < connection.want - 0.5:
-                reason = f"server busy: {len(connections)} streams"
-            else:
-                reason = None
-            connection.fps, connection.reason = fps, reason
-            last = connection.sent
-            if last is None or last[1] != reason or abs(fps - last[0]) > RATE_STEP * max(1.0, last[0]):
+            reason = connection.reason_for(fps, len(connections))
+            if connection.needs_event(fps, reason):
                 connection.sent = (fps, reason)
                 events.append((connection.sid, {"fps": round(fps, 1), "reason": reason}))
-                if fps > 0 and connection.worker < len(self._wakes):
-                    self._wakes[connection.worker].notify()
+            if fps > connection.fps:
+                self._wakes[connection.worker].notify()  # it may take frames sooner now
+            connection.fps, connection.reason = fps, reason
         return events
 
     def _send_rates(self, rates: list[tuple[str, dict]]) -> None:
@@ -430,9 +362,12 @@ def init_app(app: Flask, server: python_socketio.Server) -> None:
         "detect_every_s": config["LIVE_DETECT_EVERY_S"],
         "detect_still_s": config["LIVE_DETECT_STILL_S"],
         "reembed_s": config["LIVE_REEMBED_S"],
+        "full_face_px": config["LIVE_FULL_FACE_PX"],
+        "search_every_s": config["LIVE_SEARCH_EVERY_S"],
     }
     app.extensions["live"] = LiveFrames(
         service, server, config["MAX_FRAME_BYTES"], archive, config["LIVE_UNKNOWN_FRAMES"],
         workers=config["LIVE_WORKERS"], max_fps=config["LIVE_MAX_FPS"], min_fps=config["LIVE_MIN_FPS"],
         capacity_fps=config["LIVE_CAPACITY_FPS"], tracker_options=tracker_options,
+        on_event=app.extensions["notifier"].publish if "notifier" in app.extensions else None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,18 +87,21 @@ def remove(data_dir: Path, folder: str, names: Iterable[str]) -> None:
             pass
 
 
-def sweep(data_dir: Path, folder: str, known: set[str]) -> list[str]:
-    """Remove the folder's files that no row names, and unfinished .*.tmp files.
+def sweep(data_dir: Path, folder: str, known: set[str], min_age_s: float = 0.0) -> list[str]:
+    """Remove the folder's files that no row names, and unfinished .*.tmp files, last written min_age_s ago or more.
 
-    Run at start only, before any request (a second server on the same data
-    dir would lose its unfinished uploads). :return: removed paths, relative to data_dir.
+    Run at start only, before any request. Where other processes share the data
+    dir (they may be writing an enrollment's files right now), give min_age_s.
+    :return: removed paths, relative to data_dir.
     """
     directory = Path(data_dir) / folder
     if not directory.is_dir():
         return []
-    removed = []
+    removed, now = [], time.time()
     for path in directory.iterdir():
         unfinished = path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+        if min_age_s and now - path.stat().st_mtime < min_age_s:
+            continue
         if path.is_file() and (unfinished or path.name not in known):
             path.unlink(missing_ok=True)
             removed.append(f"{folder}/{path.name}")

@@ -33,7 +33,9 @@ def delete_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, 
         db.executemany("DELETE FROM unknown_faces WHERE id = ?", [(row["id"],) for row in inbox])
         db.executemany("DELETE FROM corrections WHERE id = ?", [(row["id"],) for row in corrections])
         db.execute("DELETE FROM people WHERE id = ?", (person_id,))
-    service.remove_person(person_id)
+    service.remove_person(person_id)  # their own corrections go with them
+    for row in corrections:  # and the ones that look like them
+        service.remove_correction(row["id"])
     for folder in people_store.PHOTO_FOLDERS:
         files.remove(data_dir, folder, [photo["file"] for photo in photos])
     files.remove(data_dir, files.INBOX_DIR, [row["file"] for row in inbox])

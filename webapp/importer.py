@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from model.images import ImageError, decode_image
 from webapp import files, people_store
 from webapp.archive import INDEX_NAME, MAX_PHOTOS, ArchiveError, Entry, EntryError, Source, open_source
+from webapp.corrections import load as load_corrections
 from webapp.db import InvalidName, to_blob, transaction
 from webapp.service import FaceService, ModelNotReady
 
@@ -252,6 +253,8 @@ class _Importer:
             self.service.add_person(person_id, name)
         for photo_id, person_id, embedding in placed["photos"]:
             self.service.add_photo(photo_id, person_id, embedding)
+        if self.result.corrections_added:  # restored corrections are matched against at once too
+            load_corrections(self.db, self.service)
         return self.result
 
     def _take(self, item: _Item) -> _Row:

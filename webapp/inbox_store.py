@@ -182,10 +182,10 @@ def purge(db: sqlite3.Connection, data_dir: Path, *, inbox_days: float, history_
     return len(names), sightings
 
 
-def sweep_inbox(db: sqlite3.Connection, data_dir: Path) -> list[str]:
-    """Remove inbox files no row names (a crash between file and row). Run at start only."""
+def sweep_inbox(db: sqlite3.Connection, data_dir: Path, min_age_s: float = 0.0) -> list[str]:
+    """Remove inbox files no row names (a crash between file and row). Run at start only (min_age_s: files.sweep)."""
     known = {row[0] for row in db.execute("SELECT file FROM unknown_faces")}
-    return files.sweep(data_dir, files.INBOX_DIR, known)
+    return files.sweep(data_dir, files.INBOX_DIR, known, min_age_s)
 
 
 # --- the inbox -----------------------------------------------------------------------

@@ -22,18 +22,25 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.images import ImageError, decode_image
+from model.images import DEFAULT_MAX_BYTES, ImageError, decode_image
 from model.recognizer import Recognition, Recognizer
 from webapp.inbox_store import Archive, Sighting, UnknownFace
+from webapp.notify import BROWSER, TrackEvents
 from webapp.payloads import face_json, faces_json
 from webapp.service import FaceService, ModelNotReady
 
 log = logging.getLogger(__name__)
+
+# Live frames are JPEG (the Socket.IO contract), which decodes in draft mode at a fraction of its size: a 4K PNG of
+# 29 KB took 0.6 s to decode on 2 busy cores, holding up every stream on its worker. Frames over 4K UHD are refused
+# from their header: no webcam sends more.
+JPEG_START = b"\xff\xd8"  # the start-of-image marker
+MAX_FRAME_PIXELS = 3840 * 2160
 
 
 class Recorder:
@@ -108,20 +115,24 @@ class LiveStream:
     :param service: the app's FaceService.
     :param archive: where sightings and unknown faces are written (None: not kept).
     :param unknown_frames: see Recorder.
-    :param max_frame_bytes: larger frames are refused.
+    :param max_frame_bytes: larger frames are refused (None: model.images.DEFAULT_MAX_BYTES).
     :param recognizer: the live twin its tracker runs on (default: the service's first).
     :param tracker_options: model.tracking.FaceTracker options (from the settings).
+    :param camera: the stream's camera name in its track events ("browser" for the live page).
+    :param on_event: called with one event dict per decided track (webapp.notify.TrackEvents; None: no events).
     """
 
     def __init__(self, service: FaceService, archive: Archive | None = None, *, unknown_frames: int = 5,
                  max_frame_bytes: int | None = None, recognizer: Recognizer | None = None,
-                 tracker_options: Mapping | None = None):
+                 tracker_options: Mapping | None = None, camera: str = BROWSER,
+                 on_event: Callable[[dict], None] | None = None):
         self.service = service
         self.archive = archive
-        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_bytes = max_frame_bytes or DEFAULT_MAX_BYTES
         self.tracker = service.new_tracker(recognizer, **(tracker_options or {}))
         self.gallery_version = service.gallery_version
         self.recorder = Recorder(unknown_frames) if archive is not None else None
+        self.events = TrackEvents(camera, on_event, unknown_frames) if on_event is not None else None
         self._lock = threading.Lock()
 
     def answer(self, frame_id: int, data: bytes, now: float | None = None) -> tuple[str, dict]:
@@ -131,7 +142,9 @@ class LiveStream:
         """
         started = time.perf_counter()
         try:
-            frame = decode_image(data, max_bytes=self.max_frame_bytes)
+            if bytes(data[:2]) != JPEG_START:
+                raise ImageError("live frames must be JPEG")
+            frame = decode_image(data, max_bytes=self.max_frame_bytes, max_pixels=MAX_FRAME_PIXELS)
             faces = self.process(frame, now)
         except ImageError as exc:
             return "error", {"error": f"bad frame: {exc}", "frame_id": frame_id}
@@ -151,6 +164,8 @@ class LiveStream:
             recognitions = self.service.track(self.tracker, frame, now)
             names = self.service.names
             faces = [face_json(seen, names) for seen in recognitions]
+            if self.events is not None:
+                self.events.observe(recognitions, names)
             if self.recorder is not None:
                 self.recorder.observe(frame, recognitions, names)
                 if self.recorder.due(self.archive.flush_every_s):

@@ -113,6 +113,19 @@ def photo_json(photo: sqlite3.Row) -> dict:
     }
 
 
+def correction_json(correction: sqlite3.Row) -> dict:
+    """A "not this person" correction (see webapp.corrections.for_person): where it came from and its thumbnail."""
+    source = "photo" if correction["photo_id"] is not None else "inbox" if correction["unknown_face_id"] else "live"
+    return {
+        "id": correction["id"],
+        "source": source,
+        "backbone": correction["backbone"],
+        "created_at": correction["created_at"],
+        "thumb_url": url_for("people.correction_thumb", correction_id=correction["id"])
+        if correction["has_thumb"] else None,
+    }
+
+
 def outcome_json(candidate: Candidate, photo_id: int | None) -> dict:
     """One photo's result: accepted (photo_id, box) or rejected (reason; faces to pick from)."""
     size = candidate.size

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 
-from webapp import forget, import_jobs, people_moves, people_store
+from webapp import corrections, forget, import_jobs, people_moves, people_store
 from webapp.db import DuplicateName, InvalidName, StoreError, get_db
 from webapp.payloads import person_json
 
@@ -31,7 +33,8 @@ def person(person_id: int):
     row = people_store.get_person(db, person_id)
     others = [other for other in people_store.list_people(db) if other["id"] != person_id]
     return render_template("people/person.html", person=person_json(row), others=others,
-                           photos=people_store.person_photos(db, person_id))
+                           photos=people_store.person_photos(db, person_id),
+                           corrections=corrections.for_person(db, person_id))
 
 
 @bp.post("/people/<int:person_id>/rename")
@@ -128,8 +131,21 @@ def delete_photo(photo_id: int):
 @bp.post("/photos/<int:photo_id>/not-this-person")
 def not_this_person(photo_id: int):
     photo = people_store.not_this_person(get_db(), _service(), current_app.config["DATA_DIR"], photo_id)
-    flash("Noted: not this person. The photo was removed and kept as a correction for training.", "ok")
+    flash("Noted: not this person. The photo was removed; faces like it are no longer given this name "
+          "(undo under Corrections below).", "ok")
     return redirect(url_for("people.person", person_id=photo["person_id"]))
+
+
+@bp.post("/corrections/<int:correction_id>/undo")
+def undo_correction(correction_id: int):
+    row = corrections.undo(get_db(), _service(), correction_id)
+    flash("The correction was undone: that face can be given this name again.", "ok")
+    return redirect(url_for("people.person", person_id=row["person_id"]))
+
+
+@bp.get("/corrections/<int:correction_id>/thumb.jpg")
+def correction_thumb(correction_id: int):
+    return send_file(io.BytesIO(corrections.thumb(get_db(), correction_id)), mimetype="image/jpeg", max_age=3600)
 
 
 @bp.get("/photos/<int:photo_id>/thumb.jpg")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from webapp import people_store
+from webapp import corrections, people_store
 from webapp.db import NotFound, StoreError, flush_deleted, from_blob, transaction
 from webapp.security import MAX_IDS, MAX_ROW_ID
 from webapp.service import FaceService
@@ -47,10 +47,12 @@ def merge_people(db: sqlite3.Connection, service: FaceService, person_id: int, i
         moved = _embeddings(db, "person_id = ?", [person_id], service.backbone)
         db.execute("UPDATE photos SET person_id = ? WHERE person_id = ?", (into, person_id))
         db.execute("UPDATE corrections SET person_id = ? WHERE person_id = ?", (into, person_id))
+        negatives = corrections.gallery_items(db, service.backbone)
         db.execute("UPDATE sightings SET person_id = ?, name = ? WHERE person_id = ?",
                    (into, target["name"], person_id))
         db.execute("DELETE FROM people WHERE id = ?", (person_id,))
-    service.move_photos([(photo, into, embedding) for photo, embedding in moved], drop_person=person_id)
+    service.move_photos([(photo, into, embedding) for photo, embedding in moved], drop_person=person_id,
+                        corrections=negatives)
     flush_deleted(db)  # the removed name leaves the WAL too
     return people_store.get_person(db, into)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.gallery import Gallery
 from model.head import load_head
-from webapp import files
+from webapp import corrections, files
 from webapp.db import DuplicateName, InvalidName, NotFound, flush_deleted, from_blob, to_blob, transaction
 from webapp.names import normalise_name
 from webapp.service import Candidate, FaceService
@@ -148,6 +147,7 @@ def load_gallery(db: sqlite3.Connection, service: FaceService) -> int:
     for row in db.execute("SELECT id, person_id, embedding FROM photos WHERE backbone = ?", (service.backbone,)):
         service.add_photo(row["id"], row["person_id"], from_blob(row["embedding"]))
         loaded += 1
+    corrections.load(db, service)  # faces marked "not this person" are matched against too
     return loaded
 
 
@@ -241,27 +241,36 @@ def add_correction(
     *,
     photo_id: int | None = None,
     unknown_face_id: int | None = None,
+    thumb: bytes | None = None,
+    service: FaceService | None = None,
 ) -> int:
-    """Store "this face is not person_id" (its backbone features and embedding); returns the correction id.
+    """Store "this face is not person_id" (its backbone features, embedding and a JPEG thumbnail); returns the
+    correction id. With the service, its gallery matches against it from the next face on.
 
     :raises NotFound: no such person.
     """
     with transaction(db):
         get_person(db, person_id)
-        return db.execute(
-            "INSERT INTO corrections (photo_id, unknown_face_id, person_id, embedding, features, backbone) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (photo_id, unknown_face_id, person_id, to_blob(embedding), to_blob(features), backbone),
+        correction_id = db.execute(
+            "INSERT INTO corrections (photo_id, unknown_face_id, person_id, embedding, features, backbone, thumb) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (photo_id, unknown_face_id, person_id, to_blob(embedding), to_blob(features), backbone, thumb),
         ).lastrowid
+    if service is not None and backbone == service.backbone:
+        service.add_correction(correction_id, person_id, embedding)
+    return correction_id
 
 
 def not_this_person(db: sqlite3.Connection, service: FaceService, data_dir: Path, photo_id: int) -> sqlite3.Row:
     """A photo wrongly filed under its person: keep it as a correction, then remove it (see delete_photo)."""
-    row = db.execute("SELECT person_id, embedding, features, backbone FROM photos WHERE id = ?", (photo_id,)).fetchone()
+    row = db.execute("SELECT person_id, file, embedding, features, backbone FROM photos WHERE id = ?",
+                     (photo_id,)).fetchone()
     if row is None:
         raise NotFound(f"no photo with id {photo_id}")
+    thumb = Path(data_dir) / files.THUMBS_DIR / row["file"]
     add_correction(
-        db, row["person_id"], from_blob(row["features"]), from_blob(row["embedding"]), row["backbone"], photo_id=photo_id
+        db, row["person_id"], from_blob(row["features"]), from_blob(row["embedding"]), row["backbone"], photo_id=photo_id,
+        thumb=thumb.read_bytes() if thumb.is_file() else None, service=service,
     )
     return delete_photo(db, service, data_dir, photo_id)
 
@@ -289,11 +298,22 @@ def enroll(
         check_name_free(db, name)
     else:
         get_person(db, person_id)
-    candidates = [service.analyse(upload.file, upload.data, upload.face_index) for upload in uploads]
+    candidates, written = [], []
+    try:
+        for upload in uploads:
+            candidate = service.analyse(upload.file, upload.data, upload.face_index)
+            if candidate.accepted:
+                written.append(_write_photo_files(data_dir, candidate))
+            candidate.release()  # 30 large photos would otherwise all be in memory until the request ends
+            candidates.append(candidate)
+    except BaseException:
+        _remove_photo_files(data_dir, written)
+        raise
     accepted = [candidate for candidate in candidates if candidate.accepted]
     if not accepted:
         return (None if person_id is None else get_person(db, person_id)), [(c, None) for c in candidates]
-    person, photo_ids = store_candidates(db, service, data_dir, accepted, person_id=person_id, name=name)
+    person, photo_ids = store_candidates(db, service, data_dir, accepted, person_id=person_id, name=name,
+                                         written=written)
     return person, [(candidate, photo_ids.get(id(candidate))) for candidate in candidates]
 
 
@@ -305,17 +325,20 @@ def store_candidates(
     *,
     person_id: int | None = None,
     name: str | None = None,
+    written: list[str] | None = None,
 ) -> tuple[sqlite3.Row, dict[int, int]]:
     """Write accepted candidates (photo, box, features, embedding) as photos of a person, in one transaction.
 
-    Give person_id for an existing person, or a clean name for a new one.
+    Give person_id for an existing person, or a clean name for a new one. written: the
+    candidates' files, when they were saved already (one per candidate, in order); on
+    failure they are removed like the ones written here.
     :return: (the person, {id(candidate): photo_id}).
     :raises DuplicateName, NotFound.
     """
-    written: list[str] = []
+    written = list(written or [])
     photo_ids: dict[int, int] = {}
     try:
-        for candidate in accepted:
+        for candidate in accepted[len(written):]:
             written.append(_write_photo_files(data_dir, candidate))
         with transaction(db):
             if person_id is None:
@@ -326,11 +349,11 @@ def store_candidates(
             for candidate, file in zip(accepted, written):
                 width, height = candidate.size
                 photo_ids[id(candidate)] = db.execute(
-                    "INSERT INTO photos (person_id, file, box, width, height, embedding, features, backbone) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO photos (person_id, file, box, width, height, embedding, features, backbone, pose) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         person_id, file, json.dumps(candidate.box), width, height,
-                        to_blob(candidate.embedding), to_blob(candidate.features), service.backbone,
+                        to_blob(candidate.embedding), to_blob(candidate.features), service.backbone, candidate.pose,
                     ),
                 ).lastrowid
     except BaseException:
@@ -361,13 +384,14 @@ def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
     if features.shape[1] != dim:
         raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives {dim}-D")
     embeddings = head(features)
-    gallery = Gallery(dim=embeddings.shape[1], capacity=max(256, len(rows)))
+    gallery = service.gallery.fresh(dim=embeddings.shape[1], capacity=max(256, len(rows)))
     gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
     with transaction(db):
         db.executemany(
             "UPDATE photos SET embedding = ? WHERE id = ?",
             [(to_blob(embedding), row["id"]) for embedding, row in zip(embeddings, rows)],
         )
+        gallery.set_corrections(corrections.reembedded(db, head, service.backbone))
     service.swap_head(head, gallery)
     return {"photos": len(rows), "threshold": service.recognizer.threshold, "head": head.info}
 
@@ -398,13 +422,13 @@ def _remove_photo_files(data_dir: Path, names: list[str]) -> None:
         files.remove(data_dir, folder, names)
 
 
-def sweep_orphans(db: sqlite3.Connection, data_dir: Path) -> list[str]:
+def sweep_orphans(db: sqlite3.Connection, data_dir: Path, min_age_s: float = 0.0) -> list[str]:
     """Remove photo and thumbnail files no photo row names (a crash between file and row) and unfinished writes.
 
-    Run at start, before any request. :return: the removed paths, relative to data_dir.
+    Run at start, before any request; min_age_s: see files.sweep. :return: the removed paths, relative to data_dir.
     """
     known = {row[0] for row in db.execute("SELECT file FROM photos")}
-    removed = [path for folder in PHOTO_FOLDERS for path in files.sweep(data_dir, folder, known)]
+    removed = [path for folder in PHOTO_FOLDERS for path in files.sweep(data_dir, folder, known, min_age_s)]
     return removed + files.sweep_unfinished(data_dir)
 
 

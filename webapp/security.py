@@ -6,7 +6,9 @@ JSON API in an `X-CSRFToken` header (`POST /api/login` returns the token). One
 rule for every path is simpler to check than exemptions: SameSite=Lax alone
 does not stop another site on the same host (any port counts as the same
 site), and a cross-site form can post multipart uploads without a preflight.
-The Origin check in webapp/errors.py stays as a second fence.
+The Origin check in webapp/errors.py stays as a second fence. The one exception:
+a request an API key let in (`Authorization: Bearer`, webapp/api_keys.py) needs
+no token, since it has no cookie to forge (webapp.extensions.CSRFProtect).
 
 Every response, the socket gate's and Engine.IO's included, forbids framing
 (X-Frame-Options, CSP frame-ancestors) and MIME sniffing (`SecurityHeaders`).
@@ -23,12 +25,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from limits import parse_many
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.routing import IntegerConverter
 
+from webapp import redis_link
 from webapp.extensions import csrf, limiter
 
 # Cookies ignore ports: a distinct name keeps other local apps from overwriting ours.
@@ -130,6 +134,12 @@ def init_app(app: Flask) -> None:
     hours = app.config["SESSION_HOURS"]
     if not hours > 0:
         raise ValueError(f"FACES_SESSION_HOURS={hours!r}: a login must last more than 0 hours")
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies < 0:
+        raise ValueError(f"FACES_TRUSTED_PROXIES={proxies!r}: the number of proxies in front can't be negative")
+    if proxies:
+        # remote_addr becomes the address the nearest trusted proxy saw; what a client adds itself is ignored.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
     app.url_map.converters["int"] = RowId
     app.json = JSONProvider(app)
     app.config.update(
@@ -143,7 +153,8 @@ def init_app(app: Flask) -> None:
     for key, value in {  # tests may override these
         # A token lives as long as the session: a person's page may stay open for hours.
         "WTF_CSRF_TIME_LIMIT": None,
-        "RATELIMIT_STORAGE_URI": "memory://",
+        # FACES_REDIS_URL: failed logins counted across processes, each process's memory while Redis is down
+        **redis_link.limiter_config(app.config.get("REDIS_URL")),
         "RATELIMIT_STRATEGY": "moving-window",
         "RATELIMIT_HEADERS_ENABLED": True,  # Retry-After on the 429
     }.items():
@@ -199,13 +210,16 @@ def from_this_machine() -> bool:
     """Whether this request comes straight from a browser on this machine.
 
     The peer and the Host header must both be loopback (a DNS-rebinding page
-    reaches 127.0.0.1 but sends its own host name), and no proxy header may be
-    present. Forwarded headers are never believed, only taken as a sign of a proxy.
+    reaches 127.0.0.1 but sends its own host name). Without FACES_TRUSTED_PROXIES no
+    proxy header may be present: they are never believed, only taken as a sign of a
+    proxy. With it, the peer is the client address the trusted proxy forwarded.
     """
     if not is_loopback(request.remote_addr or ""):
         return False
     if not is_loopback(host_name(request.host)):
         return False
+    if current_app.config["TRUSTED_PROXIES"]:
+        return True
     return not any(name in request.headers for name in FORWARDING_HEADERS)
 
 

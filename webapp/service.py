@@ -25,7 +25,7 @@ from model.detect import box_iou
 from model.gallery import Gallery
 from model.head import Head, HeadUnavailable
 from model.images import ImageError, decode_image
-from model.quality import Assessment, assess
+from model.quality import Assessment, assess, head_pose, pose_bin
 from model.recognizer import ENROLLMENT_MAX_SIDE, ENROLLMENT_UPSAMPLE, EnrollmentRejected, Recognition, Recognizer
 from model.tracking import FaceTracker
 
@@ -58,15 +58,20 @@ class Candidate:
     features: NDArray[np.float32] | None = None
     embedding: NDArray[np.float32] | None = None
     faces: list[list[int]] = field(default_factory=list)
+    size: tuple[int, int] | None = None  # (width, height) of the decoded photo, when it decoded
+    pose: str | None = None  # which way the accepted face looks (model.quality.POSES)
+
+    def __post_init__(self) -> None:
+        if self.photo is not None and self.size is None:
+            self.size = (int(self.photo.shape[1]), int(self.photo.shape[0]))
 
     @property
     def accepted(self) -> bool:
         return self.reason is None
 
-    @property
-    def size(self) -> tuple[int, int] | None:
-        """(width, height) of the decoded photo, when it decoded."""
-        return None if self.photo is None else (int(self.photo.shape[1]), int(self.photo.shape[0]))
+    def release(self) -> None:
+        """Let the decoded photo go (its size stays): a request holds one decoded photo at a time."""
+        self.photo = None
 
 
 class _AllLocks:
@@ -96,6 +101,7 @@ class FaceService:
     :param live_upsample: detector upsampling for live frames.
     :param recognize_upsample: detector upsampling for uploaded images (/api/recognize).
     :param max_frame_bytes: live frames larger than this are refused.
+    :param gallery_options: model.gallery.Gallery options (ann_min_photos, correction_level) from the settings.
     """
 
     def __init__(
@@ -107,9 +113,10 @@ class FaceService:
         live_upsample: int,
         recognize_upsample: int,
         max_frame_bytes: int,
+        gallery_options: dict | None = None,
     ):
         self.recognizer = recognizer
-        self.gallery = Gallery(dim=128)
+        self.gallery = Gallery(dim=128, **(gallery_options or {}))
         self.names: dict[int, str] = {}
         self.min_face = min_face
         self.live_max_side = live_max_side
@@ -192,11 +199,36 @@ class FaceService:
             self.gallery = gallery
             self.gallery_version += 1
 
-    def move_photos(self, moves: list[tuple[int, int, NDArray[np.float32]]], *, drop_person: int | None = None):
+    def set_strictness(self, offset: float) -> None:
+        """The user's strictness (webapp.strictness) on the model and every live twin, from the next frame on."""
+        with self._live_lock:
+            self.recognizer.strictness = offset
+            for twin, _ in self._live_twins:
+                twin.strictness = offset
+            self.gallery_version += 1  # live tracks decide again under the new rule
+
+    def add_correction(self, correction_id: int, person_id: int, embedding: NDArray[np.float32]) -> None:
+        """A face marked "not person_id": matched against from the next frame on."""
+        self.gallery.add_correction(correction_id, person_id, embedding)
+        self.gallery_version += 1
+
+    def remove_correction(self, correction_id: int) -> None:
+        self.gallery.remove_correction(correction_id)
+        self.gallery_version += 1
+
+    def set_corrections(self, items: list[tuple[int, int, NDArray[np.float32]]]) -> None:
+        """Every correction (correction_id, person_id, embedding) of this backbone, replacing the gallery's."""
+        self.gallery.set_corrections(items)
+        self.gallery_version += 1
+
+    def move_photos(self, moves: list[tuple[int, int, NDArray[np.float32]]], *, drop_person: int | None = None,
+                    corrections: list[tuple[int, int, NDArray[np.float32]]] | None = None):
         """Give photos (photo_id, new person_id, embedding) to other people, and forget drop_person's name, in one
         step: the model lock and every live lock are held, so no frame or upload sees half a merge or move."""
         with self._model_lock, self._live_lock:
             self.gallery.add_many(moves)  # an existing photo keeps its row and changes person
+            if corrections is not None:  # a merge: the merged person's corrections are the other's now
+                self.gallery.set_corrections(corrections)
             if drop_person is not None:
                 self.gallery.remove_person(drop_person)  # nothing left normally; a race's leftovers go too
                 self.names.pop(drop_person, None)
@@ -235,7 +267,8 @@ class FaceService:
                 )
             features = self.recognizer.features(photo, [faces[index]])
             embedding = self.recognizer.embed(features)
-        return Candidate(file, photo=photo, box=boxes[index], features=features[0], embedding=embedding[0])
+        pose = pose_bin(*head_pose(faces[index].landmarks))
+        return Candidate(file, photo=photo, box=boxes[index], features=features[0], embedding=embedding[0], pose=pose)
 
     def face_at(self, frame: NDArray[np.uint8], box: list[int]) -> Recognition | None:
         """The face in a (live) frame that overlaps `box` [left, top, right, bottom] most, embedded and matched.

@@ -49,7 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BACKBONE", "FACES_BACKBONE", "dlib-sface", str,
             "feature network: dlib-resnet, sface, dlib-sface (both, fused) or vgg16-face"),
     Setting("DETECTOR", "FACES_DETECTOR", "yunet", str,
-            "face detector for live frames, photos and the evaluation tool: yunet or hog"),
+            "face detector for live frames, photos and the evaluation tool: yunet, hog or mtcnn (loads TensorFlow)"),
     Setting(
         "WEIGHTS_DIR", "FACES_WEIGHTS_DIR", str(PROJECT_DIR / "weights"), str,
         "weight files: VGG-Face, trained heads (see weights/README.md)",
@@ -61,6 +61,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "MIN_RECOGNISE_PX", "FACES_MIN_RECOGNISE_PX", 36, int,
         "faces smaller than this (box side, pixels) are boxed as 'too small to recognise', never named",
+    ),
+    Setting(
+        "CORRECTION_LEVEL", "FACES_CORRECTION_LEVEL", None, _optional_float,
+        "a face at least this similar to a face marked \"not this person\" (and more like it than like the "
+        "person's own photos) is not given that name (default: the person's own threshold)",
+    ),
+    Setting(
+        "ANN_MIN_PHOTOS", "FACES_ANN_MIN_PHOTOS", 200000, int,
+        "galleries with more photos are searched through an approximate index (hnswlib) and the candidates "
+        "scored exactly; 0: always a full scan",
     ),
     Setting(
         "MIN_FACE_PX", "FACES_MIN_FACE_PX", 60, int,
@@ -99,12 +109,22 @@ SETTINGS: tuple[Setting, ...] = (
         "like itself; its name is decided on all of its embeddings",
     ),
     Setting(
+        "LIVE_SEARCH_EVERY_S", "FACES_LIVE_SEARCH_EVERY_S", 3.0, float,
+        "live: this often (and on a stream's first frame) faces are looked for at twice the size, which finds "
+        "small and tilted faces (about 4x one detection's time); 0: never",
+    ),
+    Setting(
+        "LIVE_FULL_FACE_PX", "FACES_LIVE_FULL_FACE_PX", 56.0, float,
+        "live: a face this many pixels or more on its shorter side counts fully in its track's evidence; a "
+        "smaller one (side / this)^2, so a small face needs more frames before it is named",
+    ),
+    Setting(
         "LIVE_WORKERS", "FACES_LIVE_WORKERS", 0, int,
         "live: recognition threads (0: one per CPU core); each stream stays on one, streams are spread evenly",
     ),
     Setting("LIVE_MAX_FPS", "FACES_LIVE_MAX_FPS", 30.0, float, "live: the most frames a second a stream is given"),
     Setting(
-        "LIVE_MIN_FPS", "FACES_LIVE_MIN_FPS", 8.0, float,
+        "LIVE_MIN_FPS", "FACES_LIVE_MIN_FPS", 5.0, float,
         "live: when the server is full, newer streams are slowed down to this rate (shown as \"server busy\") "
         "before older ones give anything up; a stream that cannot get it waits (\"server full\")",
     ),
@@ -141,6 +161,26 @@ SETTINGS: tuple[Setting, ...] = (
         "live page: send a new frame when no answer came by then",
     ),
     Setting(
+        "CAMERA_FPS", "FACES_CAMERA_FPS", 5.0, float,
+        "cameras: frames a second each camera is analysed at, unless the camera sets its own",
+    ),
+    Setting(
+        "CAMERA_TIMEOUT_S", "FACES_CAMERA_TIMEOUT_S", 10.0, float,
+        "cameras: opening a stream, or waiting for its next frame, longer than this counts as a drop",
+    ),
+    Setting(
+        "CAMERA_RETRY_MIN_S", "FACES_CAMERA_RETRY_MIN_S", 1.0, float,
+        "cameras: a dropped camera is tried again after this many seconds, doubling after each failed try",
+    ),
+    Setting(
+        "CAMERA_RETRY_MAX_S", "FACES_CAMERA_RETRY_MAX_S", 30.0, float,
+        "cameras: the longest wait between two tries to reconnect a camera",
+    ),
+    Setting(
+        "CAMERA_FILE_DIRS", "FACES_CAMERA_FILE_DIRS", None, str,
+        "cameras: folders (separated by ':') whose video files may be added as cameras; empty: none",
+    ),
+    Setting(
         "SECRET_KEY", "FACES_SECRET_KEY", None, str,
         "signs the session cookie (default: generated once into the data dir)",
     ),
@@ -153,12 +193,57 @@ SETTINGS: tuple[Setting, ...] = (
         "1 when an HTTPS proxy is in front: the session cookie gets Secure, and no plain-HTTP warning",
     ),
     Setting(
+        "TRUSTED_PROXIES", "FACES_TRUSTED_PROXIES", 0, int,
+        "reverse proxies in front whose X-Forwarded-For/-Proto are believed (0: none): the login limit and the "
+        "set-up page then see each client's own address",
+    ),
+    Setting(
         "LOGIN_LIMIT", "FACES_LOGIN_LIMIT", "5 per minute", str,
         "failed logins allowed per client address before 429 (Flask-Limiter syntax)",
     ),
     Setting(
         "SESSION_HOURS", "FACES_SESSION_HOURS", 12, float,
         "a login lasts this many hours, then the browser or script logs in again",
+    ),
+    Setting(
+        "MQTT_URL", "FACES_MQTT_URL", None, str,
+        "MQTT broker for track events and Home Assistant, mqtt://[user:password@]host:port (unset: no MQTT)",
+    ),
+    Setting("MQTT_PREFIX", "FACES_MQTT_PREFIX", "faces", str, "MQTT: topics start with this (events on PREFIX/events)"),
+    Setting(
+        "MQTT_DISCOVERY_PREFIX", "FACES_MQTT_DISCOVERY_PREFIX", "homeassistant", str,
+        "MQTT: Home Assistant's discovery prefix (sensor configs are published under it)",
+    ),
+    Setting(
+        "MQTT_PRESENT_S", "FACES_MQTT_PRESENT_S", 300.0, float,
+        "MQTT: a person's 'present' sensor turns off this many seconds after their last track event",
+    ),
+    Setting(
+        "WEBHOOK_URLS", "FACES_WEBHOOK_URLS", None, str,
+        "webhooks: URLs (comma-separated) each track event is POSTed to as JSON, signed (X-Faces-Signature)",
+    ),
+    Setting(
+        "WEBHOOK_SECRET", "FACES_WEBHOOK_SECRET", None, str,
+        "webhooks: the HMAC-SHA256 signing key (default: generated once into the data dir, webhook_secret)",
+    ),
+    Setting("WEBHOOK_TIMEOUT_S", "FACES_WEBHOOK_TIMEOUT_S", 5.0, float, "webhooks: seconds to wait for an answer"),
+    Setting(
+        "WEBHOOK_RETRIES", "FACES_WEBHOOK_RETRIES", 3, int,
+        "webhooks: tries after the first on a timeout, connection error or 5xx, waiting 1 s, 2 s, 4 s...",
+    ),
+    Setting(
+        "PROCESSES", "FACES_PROCESSES", 1, int,
+        "app processes sharing this data folder (scripts/cluster.sh sets it); above 1 (or with FACES_REDIS_URL) "
+        "each one follows the others' changes to people, photos, corrections and strictness",
+    ),
+    Setting(
+        "CHANGES_POLL_S", "FACES_CHANGES_POLL_S", 0.5, float,
+        "several processes: how often (seconds) each one reads the `changes` table and brings its gallery up to date",
+    ),
+    Setting(
+        "REDIS_URL", "FACES_REDIS_URL", None, str,
+        "several processes: Redis, redis://[:password@]host:port/db, for Socket.IO's message queue and the login "
+        "limit's counts (unset: none, each process counts on its own)",
     ),
     Setting(
         "CACHE_DIR", "FACES_CACHE_DIR", str(Path.home() / ".cache" / "faces-app"), str,

@@ -1,6 +1,6 @@
 """Score the recognition pipeline on face datasets.
 
-    python -m model.evaluate verify   --images DIR --pairs FILE
+    python -m model.evaluate verify   --images DIR --pairs FILE [--groups people.csv]
     python -m model.evaluate identify --images DIR --enroll K
     python -m model.evaluate make-pairs --images DIR --out FILE --seed S
 
@@ -205,6 +205,64 @@ def verify(recognizer: Recognizer, images: Path, pairs_file: Path, cache: Path |
     }
 
 
+GROUP_FARS = (1e-3, 1e-4)
+
+
+def read_group_file(groups_file: Path, images: Path) -> dict[str, str]:
+    """{person: group} from a CSV person,group, checked against the dataset before anything is embedded.
+
+    :raises SystemExit: the file has no rows, or names people who have no photos under `images`.
+    """
+    from model.training.reports import read_groups
+
+    if not Path(groups_file).is_file():
+        raise SystemExit(f"no groups file at {groups_file}")
+    groups = read_groups(groups_file)
+    if not groups:
+        raise SystemExit(f"{groups_file}: no 'person,group' rows")
+    unknown = sorted(set(groups) - set(people_photos(images)))
+    if unknown:
+        raise SystemExit(f"{groups_file} names {len(unknown)} people with no photos in {images}: "
+                         + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+    return groups
+
+
+def group_verification(recognizer: Recognizer, images: Path, groups: dict[str, str], cache: Path | None | bool = None,
+                       fars: tuple[float, ...] = GROUP_FARS) -> dict:
+    """TAR at each FAR per group of people (`read_group_file`), over every pair of their photos, and the gap.
+
+    Genuine pairs are each person's own; impostor pairs join two people of the same group, and the
+    threshold is set on that group's impostors (`reports.group_report`). FAR 1e-4 needs at least
+    10,000 impostor pairs in a group to mean anything: each row gives its pair counts.
+    :return: {'groups': rows, 'gap': {'tar_at_far_1e-03': {'points', 'best', 'worst'}, ...}}
+        (points: the best group's TAR minus the worst's, in percentage points).
+    """
+    from model.training.reports import group_report
+
+    people = people_photos(images)
+    names = sorted(groups)
+    paths = [p for name in names for p in people[name]]
+    embedded = embed_portraits(recognizer, images, paths, cache)
+    found = [p for p in paths if p in embedded.vectors]
+    labels = np.array([names.index(p.parent.name) for p in found], dtype=np.int64)
+    vectors = np.stack([embedded.vectors[p] for p in found])
+    rows = {}
+    for far in fars:
+        for row in group_report(vectors, labels, names, groups, far):
+            merged = rows.setdefault(row["group"], {k: row[k] for k in
+                                                     ("group", "people", "photos", "genuine_pairs", "impostor_pairs")})
+            key = f"tar_at_far_{far:.0e}"
+            merged[key] = None if row[key] is None else round(row[key], 4)
+    gap = {}
+    for far in fars:
+        key = f"tar_at_far_{far:.0e}"
+        scored = [r for r in rows.values() if r[key] is not None]
+        if len(scored) >= 2:
+            best, worst = max(scored, key=lambda r: r[key]), min(scored, key=lambda r: r[key])
+            gap[key] = {"points": round(100 * (best[key] - worst[key]), 2), "best": best["group"], "worst": worst["group"]}
+    return {"groups": list(rows.values()), "gap": gap}
+
+
 def identify(recognizer: Recognizer, images: Path, enroll: int, cache: Path | None | bool = None) -> dict:
     people = people_photos(images)
     enrolled = {name: photos[:enroll] for name, photos in people.items() if len(photos) > enroll}
@@ -273,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--backbone", default=settings["BACKBONE"],
                         help="dlib-resnet, sface, dlib-sface or vgg16-face (default: FACES_BACKBONE, %(default)s)")
     common.add_argument("--detector", default=settings["DETECTOR"],
-                        help="yunet or hog (default: FACES_DETECTOR, %(default)s)")
+                        help="yunet, hog or mtcnn (default: FACES_DETECTOR, %(default)s)")
     common.add_argument("--head", type=Path, default=None, help="head file (default: the one the app uses)")
     common.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True,
@@ -288,6 +346,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_verify = sub.add_parser("verify", parents=[common], help="LFW 10-fold verification")
     p_verify.add_argument("--pairs", type=Path, required=True)
+    p_verify.add_argument("--groups", type=Path, default=None,
+                          help="CSV person,group: TAR at FAR 1e-3 and 1e-4 per group and the largest gap")
     p_identify = sub.add_parser("identify", parents=[common], help="open-set identification")
     p_identify.add_argument("--enroll", type=int, default=3, help="photos enrolled per person")
     p_pairs = sub.add_parser("make-pairs", help="write an LFW-style pairs file")
@@ -309,7 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         recognizer = _recognizer(args)
         if args.command == "verify":
+            groups = read_group_file(args.groups, args.images) if args.groups else None  # bad files fail first
             result = verify(recognizer, args.images, args.pairs, args.cache)
+            if groups:
+                result["per_group"] = group_verification(recognizer, args.images, groups, args.cache)
         else:
             result = identify(recognizer, args.images, args.enroll, args.cache)
         result.update(backbone=recognizer.backbone.name, detector=recognizer.detector.name, flip=args.flip)

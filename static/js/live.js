@@ -50,6 +50,7 @@
   let lastDrawnId = -1;
   let nextSendAt = 0; // performance.now() before which no frame goes (the given rate)
   let paceTimer = null;
+  let paused = false; // another source (a server camera, static/js/camera_view.js) is shown instead
 
   // The camera's own frame rate goes with every (re)connection: the server gives at most that.
   const socket = io(config.namespace, { transports: ["websocket"], auth: (reply) => reply({ fps: cameraFps() }) });
@@ -61,7 +62,7 @@
   }
 
   function setStatus(text) {
-    statusLine.textContent = text;
+    if (!paused) statusLine.textContent = text; // while a server camera is shown, its view says how it goes
   }
 
   // --- sending: one frame in flight at most ----------------------------------------
@@ -71,7 +72,7 @@
   }
 
   function sendFrame() {
-    if (inFlight || !socket.connected || video.readyState < 2 || !video.videoWidth) return;
+    if (paused || inFlight || !socket.connected || video.readyState < 2 || !video.videoWidth) return;
     if (stats.givenFps === 0) return; // the server is full: wait for a rate
     const wait = nextSendAt - performance.now();
     if (wait > 0) {
@@ -154,7 +155,7 @@
     stats.serverSumMs += answer.ms;
     const blob = inFlight && inFlight.id === answer.frame_id ? inFlight.blob : null;
     settle(answer.frame_id);
-    if (answer.frame_id > lastDrawnId) {
+    if (answer.frame_id > lastDrawnId && !paused) {
       lastDrawnId = answer.frame_id;
       draw(answer);
       if (!labels.matches(":hover")) list(answer.faces, blob); // held still while the pointer is on it, to click
@@ -189,12 +190,17 @@
   }
 
   function draw(answer) {
+    drawFaces(overlay, video, answer);
+  }
+
+  // Boxes and labels of a `faces` answer on a canvas laid over `media` (a <video> or an <img>).
+  function drawFaces(canvas, media, answer) {
     const ratio = window.devicePixelRatio || 1;
-    const width = video.clientWidth;
-    const height = video.clientHeight;
-    overlay.width = Math.round(width * ratio);
-    overlay.height = Math.round(height * ratio);
-    const context = overlay.getContext("2d");
+    const width = media.clientWidth;
+    const height = media.clientHeight;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    const context = canvas.getContext("2d");
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.clearRect(0, 0, width, height);
     const sx = width / answer.width;
@@ -281,5 +287,23 @@
   }
 
   startButton.addEventListener("click", startCamera);
+  // For the server cameras' view (static/js/camera_view.js): the same drawing and list, and a way to stop sending.
+  window.liveView = {
+    drawFaces,
+    listFaces: list,
+    setStatus(text) {
+      statusLine.textContent = text;
+    },
+    pause() {
+      paused = true;
+      if (inFlight) clearTimeout(inFlight.timer);
+      inFlight = null;
+    },
+    resume() {
+      paused = false;
+      lastDrawnId = -1;
+      schedule();
+    },
+  };
   startCamera();
 })();

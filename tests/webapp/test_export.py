@@ -16,7 +16,9 @@ from webapp.db import from_blob
 from webapp.db import connect
 
 # What the data dir holds besides people's data.
-INSTANCE_FILES = {"faces.db", "faces.db-wal", "faces.db-shm", "secret_key", "admin_password", "sessions"}
+# The app's own files; the two locks are empty (processes sharing the folder take turns on them).
+INSTANCE_FILES = {"faces.db", "faces.db-wal", "faces.db-shm", "secret_key", "admin_password", "sessions",
+                  "sessions.lock", "faces.db.migrate-lock"}
 
 
 @pytest.fixture

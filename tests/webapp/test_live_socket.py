@@ -86,7 +86,7 @@ def test_an_empty_frame_has_no_faces(live):
     [
         ("a text frame", "binary payload"),
         ({"jpeg": "base64..."}, "binary payload"),
-        (b"garbage, not a JPEG", "bad frame: not an image"),
+        (b"garbage, not a JPEG", "bad frame: live frames must be JPEG"),
         (b"\xff\xd8" + b"\x00" * (3 * 1024 * 1024), "too large"),
     ],
     ids=["text", "object", "garbage", "oversized"],

@@ -13,7 +13,8 @@ from web_helpers import log_in, prepare_data_dir
 
 from fakes import fake_recognizer
 from webapp import create_app
-from webapp.events import NAMESPACE, allocate
+from webapp.events import NAMESPACE
+from webapp.live_admission import allocate
 from webapp.extensions import socketio
 from webapp.live_stream import LiveStream
 
@@ -163,6 +164,9 @@ def test_allocate_keeps_older_streams_and_floors_newer_ones():
     assert allocate([5, 15], 13, 8) == [5, 8]  # a stream asking for less than the floor gets what it asks
     assert allocate([5, 15, 3], 12, 8) == [5, 0, 0]  # one that cannot have the floor waits, and so do later ones
     assert allocate([], 10, 8) == []
+    # Streams already let in keep their floor when the capacity shrinks; only newcomers wait.
+    assert allocate([15] * 3, 10, 5, admitted=[True, True, True]) == [5, 5, 5]
+    assert allocate([15] * 3, 10, 5, admitted=[True, False, True]) == [5, 0, 5]
 
 
 @pytest.mark.parametrize("event", ["connect", "disconnect"])
@@ -192,3 +196,18 @@ def test_a_blank_frame_ends_the_track_and_another_size_gets_no_old_box(make_app)
     moved = stream.process(face_frame(7, size=(240, 320), at=(20, 60)), now=0.2)
     [face] = moved
     assert face["box"][2] <= 320 and face["box"][3] <= 240  # found in the new frame, not carried over
+
+
+def test_capacity_follows_the_time_frames_take_lately():
+    from webapp.live_admission import COST_WINDOW_S, LOAD_TARGET, PRIOR_COST_S, Capacity
+
+    capacity = Capacity(workers=2)
+    assert capacity.step(now=0.0) == pytest.approx(2 * LOAD_TARGET / PRIOR_COST_S)  # nothing timed yet
+    for i in range(100):
+        capacity.answered(0.01, now=i * 0.02)
+    assert capacity.step(now=2.0) == pytest.approx(2 * LOAD_TARGET / 0.01)  # two workers, 10 ms a frame
+    for i in range(100):  # frames got slower (another program took a core, or the workers wait on the GIL);
+        capacity.answered(1.0 if i < 5 else 0.02, now=2.0 + i * 0.02)  # a few new faces took long
+    assert capacity.step(now=2.0 + COST_WINDOW_S) == pytest.approx(2 * LOAD_TARGET / 0.02)  # the old ones are out
+    assert capacity.step(now=100.0) == pytest.approx(2 * LOAD_TARGET / 0.02)  # too few new frames: it stands
+    assert Capacity(workers=2, fixed_fps=40).step() == 40

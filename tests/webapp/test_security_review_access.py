@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from web_helpers import log_in, prepare_data_dir
+from web_helpers import TEST_PASSWORD, log_in, prepare_data_dir
 
 from webapp import auth, create_app, security, settings
 
@@ -66,6 +66,58 @@ def test_a_forwarded_request_is_not_local(fresh, header):
     assert client.get("/setup", headers=headers).status_code == 403
     assert client.post("/setup", data=form, headers=headers).status_code == 403
     assert auth.stored_hash(fresh.config["DATA_DIR"]) is None
+
+
+@pytest.fixture
+def proxied(tmp_path, web_recognizer):
+    """An app with a password, behind one trusted reverse proxy on this machine."""
+    return create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "RECOGNIZER": web_recognizer,
+                       "TRUSTED_PROXIES": 1})
+
+
+def failed_logins(client, address: str, times: int) -> list[int]:
+    headers = {"X-Forwarded-For": address}
+    return [client.post("/api/login", json={"password": "guess"}, headers=headers).status_code for _ in range(times)]
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(proxied):
+    client = proxied.test_client()  # every request reaches the app from the proxy's 127.0.0.1
+    assert failed_logins(client, "192.168.1.66", 6) == [401] * 5 + [429]
+    assert failed_logins(client, "192.168.1.20", 1) == [401]  # another client is not locked out
+    right = client.post("/api/login", json={"password": TEST_PASSWORD}, headers={"X-Forwarded-For": "192.168.1.20"})
+    assert right.status_code == 200
+
+
+def test_without_the_setting_a_forwarded_address_changes_nothing(tmp_path, web_recognizer):
+    """A client can't dodge the limit by sending its own X-Forwarded-For."""
+    app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "RECOGNIZER": web_recognizer})
+    client = app.test_client()
+    codes = [failed_logins(client, f"10.0.0.{i}", 1)[0] for i in range(6)]
+    assert codes == [401] * 5 + [429]
+
+
+def test_a_client_can_not_pose_as_the_proxy_it_passes_through(proxied):
+    """The proxy appends the address it saw; what the client wrote before it is ignored."""
+    client = proxied.test_client()
+    spoofed = [client.post("/api/login", json={"password": "guess"},
+                           headers={"X-Forwarded-For": f"10.0.0.{i}, 192.168.1.66"}).status_code for i in range(6)]
+    assert spoofed == [401] * 5 + [429]
+
+
+def test_setup_behind_a_trusted_proxy_is_for_this_machine_only(tmp_path, web_recognizer):
+    fresh = create_app({"TESTING": True, "DATA_DIR": tmp_path / "fresh", "RECOGNIZER": web_recognizer,
+                        "TRUSTED_PROXIES": 1})
+    client = fresh.test_client()
+    assert client.get("/setup", headers={"X-Forwarded-For": "192.168.1.20"}).status_code == 403
+    local = {"X-Forwarded-For": "127.0.0.1"}
+    form = setup_form(client, **local)
+    assert client.post("/setup", data=form, headers=local).status_code in (302, 303)
+    assert auth.stored_hash(fresh.config["DATA_DIR"]) is not None
+
+
+def test_the_proxy_count_must_not_be_negative(tmp_path, web_recognizer):
+    with pytest.raises(ValueError, match="FACES_TRUSTED_PROXIES=-1"):
+        create_app({"TESTING": True, "DATA_DIR": tmp_path / "d", "RECOGNIZER": web_recognizer, "TRUSTED_PROXIES": -1})
 
 
 @pytest.mark.parametrize("host", ["localhost:5000", "127.0.0.1:5000", "127.0.0.2", "[::1]:5000", "LOCALHOST"])

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -77,6 +78,37 @@ def test_the_pixel_bomb_costs_little_memory(bomb, tmp_path):
     assert measured["growth_mb"] < 200, measured
 
 
+def large_portrait(offset: int, side: int = 3200) -> bytes:
+    """A big plain PNG with a dark square in it (the fake detector's face), moved by offset pixels."""
+    picture = Image.new("RGB", (side, side), (200, 180, 160))
+    picture.paste((40, 30, 20), (side // 3 + offset, side // 3, 2 * side // 3 + offset, 2 * side // 3))
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue()
+
+
+def enrollment_peak_mb(client, name: str, uploads: list[tuple[str, bytes]]) -> float:
+    """Peak traced memory of one enrollment request (numpy's arrays are traced by tracemalloc), in MB."""
+    tracemalloc.start()
+    try:
+        answer = enroll_json(client, name, uploads)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 201 and answer.get_json()["accepted"] == sum(u[0] != "bad.png" for u in uploads)
+    return peak / 1e6
+
+
+def test_a_large_enrollment_holds_one_decoded_photo_at_a_time(client):
+    """30 large photos in one enrollment took 5.0 GB: every decoded photo, rejected ones too, was kept until the
+    request ended. Now each is let go once its files are written, so ten cost what one does."""
+    one = enrollment_peak_mb(client, "One photo", [("big.png", large_portrait(0))])
+    ten = enrollment_peak_mb(client, "Ten photos",
+                             [(f"big{i}.png", large_portrait(4 * i)) for i in range(10)] + [("bad.png", b"no")])
+    one_photo_mb = images.DEFAULT_MAX_SIDE ** 2 * 3 / 1e6  # kept for each photo before: +69 MB here
+    assert ten < one + 2 * one_photo_mb, f"one photo {one:.0f} MB, ten {ten:.0f} MB"
+
+
 def test_max_side_is_a_keyword_and_none_keeps_the_full_size(bomb):
     assert max(decode_image(bomb, max_side=640).shape[:2]) == 640
     small = plain_png(300, 200)
@@ -127,13 +159,13 @@ def test_a_jpeg_counts_at_its_draft_size():
 
 @pytest.mark.dlib
 def test_api_recognize_answers_a_pixel_bomb_quickly(client, bomb):
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time, so a busy machine does not fail it
     answer = client.post("/api/recognize", data={"image": (io.BytesIO(bomb), "bomb.png")})
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     assert answer.status_code == 200, answer.get_data(as_text=True)
     body = answer.get_json()
     assert body["faces"] == [] and max(body["width"], body["height"]) <= images.DEFAULT_MAX_SIDE
-    assert seconds < 8, f"{seconds:.1f} s"  # 17.5 s and 2.0 GB peak before (20.8 s in the review); now 1.6 s, 336 MB
+    assert seconds < 8, f"{seconds:.1f} s of CPU"  # 17.5 s and 2.0 GB peak before (20.8 s in the review); now 1.6 s, 336 MB
 
 
 # --- thin images: a side that scales to 0 ------------------------------------------------
@@ -146,12 +178,12 @@ def strip() -> bytes:
 
 
 def test_a_forty_megapixel_strip_decodes_quickly(strip):
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU time: other work on the machine does not count
     rgb = decode_image(strip)
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     assert rgb.shape == (images.DEFAULT_MAX_SIDE, 1, 3)
     # Lanczos all the way down took 9 s; box averages first, 1.6 s (most of it the PNG decoder).
-    assert seconds < 5, f"{seconds:.1f} s"
+    assert seconds < 5, f"{seconds:.1f} s of CPU"
 
 
 @pytest.mark.dlib

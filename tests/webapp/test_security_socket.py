@@ -41,7 +41,9 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, celeba_dir):
-    process, url, _ = start_server(prepare_data_dir(tmp_path_factory.mktemp("socket") / "data"))
+    # Every connection is let in whatever this machine's speed: admission has its own tests (test_live_workers).
+    process, url, _ = start_server(prepare_data_dir(tmp_path_factory.mktemp("socket") / "data"),
+                                   extra_env={"FACES_LIVE_CAPACITY_FPS": "10000"})
     try:
         yield process, url
     finally:
@@ -131,9 +133,36 @@ def test_other_events_and_extra_arguments_are_ignored(live, frames):
     assert live.ask(frames[1])[0] == "faces"
 
 
+@pytest.mark.parametrize("name", ["connect", "disconnect"])
+def test_reserved_event_names_sent_by_a_client_change_nothing(live, frames, name):
+    """A client may send `connect` or `disconnect` as ordinary events (browsers' library refuses, a raw one need
+    not): the stream must not restart or end, so its frame count and tracks go on."""
+    assert live.ask(frames[0])[1]["frame_id"] == 0
+    live.sio._send_packet(live.sio.packet_class(socketio.packet.EVENT, namespace="/live", data=[name]))
+    event, answer = live.ask(frames[1])
+    assert event == "faces" and answer["frame_id"] == 1
+
+
 def test_an_oversized_frame_gets_an_error(live, frames):
     event, answer = live.ask(b"\xff\xd8" + b"\x00" * (3 * 1024 * 1024))
     assert event == "error" and "too large" in answer["error"]
+    assert live.ask(frames[0])[0] == "faces"
+
+
+def test_a_frame_that_is_not_jpeg_is_refused_unread(live, frames):
+    """A 29 KB PNG of 4K took its worker 0.6 s to decode, holding up every stream on that worker."""
+    bomb = io.BytesIO()
+    Image.new("RGB", (3840, 2160), (200, 180, 160)).save(bomb, "PNG")
+    event, answer = live.ask(bomb.getvalue())
+    assert event == "error" and answer["error"] == "bad frame: live frames must be JPEG"
+    assert live.ask(frames[0])[0] == "faces"
+
+
+def test_a_frame_of_more_pixels_than_4k_is_refused_from_its_header(live, frames):
+    bomb = io.BytesIO()
+    Image.new("RGB", (6000, 4000), (200, 180, 160)).save(bomb, "JPEG", quality=20)
+    event, answer = live.ask(bomb.getvalue())
+    assert event == "error" and "too large (6000x4000" in answer["error"]
     assert live.ask(frames[0])[0] == "faces"
 
 

@@ -1,0 +1,274 @@
+"""Changes made by other app processes on the same data folder, brought into this process's gallery.
+
+Several processes (scripts/cluster.sh) share one database. SQLite triggers (webapp/db.py, the `changes`
+migration) append a row for every insert, update and delete of a person, photo, correction or stored
+setting, so no store code has to remember to log one. With several processes (FACES_PROCESSES above 1,
+or FACES_REDIS_URL set) each runs one ChangePoller: every FACES_CHANGES_POLL_S it reads the rows after
+the last one it applied and, for each person, photo or correction they name, reads that row as it is now
+and puts it in the gallery or takes it out. Applying a change twice, or one this process made itself,
+leaves the same gallery, so nothing needs to know who made it. The change rows and the rows they name are
+read in one snapshot: whatever commits later has a higher change id and is read on the next poll.
+
+A process that starts loads everything (create_app) and follows from the newest change id it saw before
+loading. Change rows hold ids only and are purged after KEEP_S. One process alone does not poll (its own
+changes are in its gallery already); a poll that finds nothing costs one indexed SELECT (bench/cluster.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+from flask import Flask
+from numpy.typing import NDArray
+
+from webapp import corrections, db, redis_link, strictness
+from webapp.service import FaceService
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "changes"
+KEEP_S = 24 * 3600.0  # change rows older than this are purged; a process away longer reloads at start anyway
+PURGE_EVERY_S = 3600.0
+BATCH = 5000  # change rows read per poll: a large import is caught up over a few polls, never one huge read
+MAX_POLL_S = 60.0
+# /api/health calls a poller stalled after this many intervals without a successful poll (at least STALLED_MIN_S).
+STALLED_POLLS = 20
+STALLED_MIN_S = 10.0
+
+
+@dataclass
+class Touched:
+    """What a run of change rows names: person and photo ids, whether corrections or settings changed.
+
+    `last` is the newest change id read (the one to follow from).
+    """
+
+    last: int
+    people: set[int] = field(default_factory=set)
+    photos: set[int] = field(default_factory=set)
+    corrections: bool = False
+    settings: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.people or self.photos or self.corrections or self.settings)
+
+
+@dataclass
+class Current:
+    """The named rows as they are now, as the gallery needs them."""
+
+    names: dict[int, str]  # people still there: id -> name
+    gone: set[int]  # people deleted
+    photos: dict[int, tuple[int, NDArray[np.float32]]]  # photo id -> (person id, embedding float32 [D])
+    dropped: set[int]  # photos deleted, or of another backbone (not matched until re-embedded)
+    corrections: list[tuple[int, int, NDArray[np.float32]]] | None  # every correction; None: untouched
+    strictness: float | None  # None: untouched
+
+
+def newest(conn: sqlite3.Connection) -> int:
+    """The newest change id (0 for none yet)."""
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM changes").fetchone()[0])
+
+
+def newest_in(database: str) -> int:
+    """newest() of a database file; call it before loading the gallery, so nothing after the load is missed."""
+    conn = db.connect(database)
+    try:
+        return newest(conn)
+    finally:
+        conn.close()
+
+
+def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> Touched:
+    """What the change rows after id `after` name (at most `limit` rows)."""
+    rows = conn.execute("SELECT id, kind, row_id FROM changes WHERE id > ? ORDER BY id LIMIT ?",
+                        (after, limit)).fetchall()
+    touched = Touched(rows[-1]["id"] if rows else after)
+    for row in rows:
+        if row["kind"] == "person":
+            touched.people.add(row["row_id"])
+        elif row["kind"] == "photo":
+            touched.photos.add(row["row_id"])
+        elif row["kind"] == "correction":
+            touched.corrections = True
+        elif row["kind"] == "setting":
+            touched.settings = True
+    return touched
+
+
+def _ids(values: set[int]) -> str:
+    """A set of ids as JSON, for `IN (SELECT value FROM json_each(?))`: one variable, however many ids."""
+    return json.dumps(sorted(values))
+
+
+def read_current(conn: sqlite3.Connection, touched: Touched, backbone: str) -> Current:
+    """The rows `touched` names, as they are now (photos and corrections of `backbone` only)."""
+    names = {row["id"]: row["name"] for row in conn.execute(
+        "SELECT id, name FROM people WHERE id IN (SELECT value FROM json_each(?))", (_ids(touched.people),))}
+    photos = {row["id"]: (row["person_id"], db.from_blob(row["embedding"])) for row in conn.execute(
+        "SELECT id, person_id, embedding FROM photos WHERE backbone = ? AND id IN (SELECT value FROM json_each(?))",
+        (backbone, _ids(touched.photos)))}
+    return Current(
+        names=names,
+        gone=touched.people - set(names),
+        photos=photos,
+        dropped=touched.photos - set(photos),
+        corrections=corrections.gallery_items(conn, backbone) if touched.corrections else None,
+        strictness=strictness.stored(conn) if touched.settings else None,
+    )
+
+
+def apply(service: FaceService, current: Current) -> None:
+    """Put the current rows in the service's gallery and names; idempotent.
+
+    Names first, so no frame shows a new photo's person without a name; deleted people last.
+    """
+    for person_id, name in current.names.items():
+        service.add_person(person_id, name)
+    for photo_id, (person_id, embedding) in current.photos.items():
+        service.add_photo(photo_id, person_id, embedding)  # a moved photo keeps its row and changes person
+    for photo_id in current.dropped:
+        service.remove_photo(photo_id)
+    for person_id in current.gone:
+        service.remove_person(person_id)
+    if current.corrections is not None:
+        service.set_corrections(current.corrections)
+    if current.strictness is not None:
+        service.set_strictness(current.strictness)
+
+
+def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
+    """Apply the changes after id `after`; returns the id applied up to."""
+    conn.execute("BEGIN")  # one read snapshot for the change rows and the rows they name
+    try:
+        touched = read_touched(conn, after)
+        current = None if touched.empty else read_current(conn, touched, service.backbone)
+    finally:
+        conn.execute("COMMIT")
+    if current is not None:
+        apply(service, current)
+    return touched.last
+
+
+def purge(conn: sqlite3.Connection, keep_s: float = KEEP_S) -> int:
+    """Delete change rows older than keep_s seconds; returns how many."""
+    return conn.execute("DELETE FROM changes WHERE changed_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
+                        (f"-{int(keep_s)} seconds",)).rowcount
+
+
+class ChangePoller:
+    """One thread that applies the `changes` table to a FaceService every `every_s` seconds.
+
+    :param after: the change id the service's gallery already reflects (newest_in, read before it loaded).
+    The thread holds the service weakly and ends when it is gone (tests build many apps) or on stop().
+    """
+
+    def __init__(self, database: str, service: FaceService, *, after: int, every_s: float, keep_s: float = KEEP_S):
+        self.database = database
+        self.every_s, self.keep_s = every_s, keep_s
+        self.applied = after
+        self.polls = 0
+        self.error: str | None = None  # the last poll's failure, None once one succeeds
+        self._service = weakref.ref(service)
+        self._last_ok = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="faces-changes", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(2.0, 4 * self.every_s))
+
+    @property
+    def stalled(self) -> bool:
+        """No successful poll for STALLED_POLLS intervals: this process's gallery may be out of date."""
+        return time.monotonic() - self._last_ok > max(STALLED_MIN_S, STALLED_POLLS * self.every_s)
+
+    def status(self) -> dict:
+        return {"applied": self.applied, "every_s": self.every_s, "stalled": self.stalled, "error": self.error}
+
+    def poll(self, service: FaceService) -> int:
+        """One catch-up on this thread's connection; returns the id applied up to. :raises sqlite3.Error."""
+        if self._conn is None:
+            self._conn = db.connect(self.database)
+        try:
+            self.applied = catch_up(self._conn, service, self.applied)
+        except sqlite3.Error:
+            self._conn.close()  # a fresh connection next time (the file may have been replaced)
+            self._conn = None
+            raise
+        self.polls += 1
+        self._last_ok = time.monotonic()
+        return self.applied
+
+    def _run(self) -> None:
+        next_purge = time.monotonic() + PURGE_EVERY_S
+        while not self._stop.wait(self.every_s):
+            service = self._service()
+            if service is None:
+                break
+            try:
+                self.poll(service)
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_S
+                    purge(self._conn, self.keep_s)
+                if self.error is not None:
+                    log.info("changes: reading the database again (applied up to change %d)", self.applied)
+                self.error = None
+            except sqlite3.Error as exc:
+                if self.error is None:  # once per outage, not twice a second
+                    log.error("changes: cannot read other processes' changes from %s: %s; this process's "
+                              "gallery may fall behind until it can", self.database, str(exc))  # no traceback kept
+                self.error = str(exc)
+            del service  # held weakly between polls
+        if self._conn is not None:
+            self._conn.close()
+
+
+def check(config) -> None:
+    """:raises ValueError: FACES_PROCESSES or FACES_CHANGES_POLL_S out of range, or a malformed FACES_REDIS_URL."""
+    redis_link.check_url(config.get("REDIS_URL"))  # before anything starts following it
+    if config["PROCESSES"] < 1:
+        raise ValueError(f"FACES_PROCESSES={config['PROCESSES']!r}: at least 1 process")
+    if not 0 < config["CHANGES_POLL_S"] <= MAX_POLL_S:
+        raise ValueError(f"FACES_CHANGES_POLL_S={config['CHANGES_POLL_S']!r}: must be above 0 and at most "
+                         f"{MAX_POLL_S:g} seconds")
+
+
+def shared(config) -> bool:
+    """Whether several processes share this data folder (FACES_PROCESSES above 1, or FACES_REDIS_URL set)."""
+    return config["PROCESSES"] > 1 or bool(config.get("REDIS_URL"))
+
+
+def init_app(app: Flask, after: int) -> ChangePoller | None:
+    """Purge old change rows; when several processes share the folder, follow their changes from id `after`.
+
+    :raises ValueError: see check().
+    """
+    check(app.config)
+    conn = db.connect(app.config["DATABASE"])
+    try:
+        purge(conn)
+    finally:
+        conn.close()
+    if not shared(app.config):
+        return None
+    poller = ChangePoller(app.config["DATABASE"], app.extensions["faces"], after=after,
+                          every_s=app.config["CHANGES_POLL_S"])
+    app.extensions[EXTENSION] = poller
+    poller.start()
+    log.info("changes: following other processes' changes every %g s from change %d", poller.every_s, after)
+    return poller
