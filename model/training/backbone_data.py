@@ -15,14 +15,14 @@ the training code needs only numpy and Keras.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from model.training.datasets import DEFAULT_CACHE_DIR, list_dataset, read_cache, write_npz_atomically
 
 MIN_PEOPLE = 4  # two to train on (a softmax or a negative needs two), two to validate on (impostor pairs)
 SAVE_EVERY = 200  # photos between cache writes, so an interrupted preparation resumes
@@ -65,8 +65,6 @@ def check_images(images: Path | None) -> Path:
 
 
 def chips_cache_file(images: Path, detector: str, image_size: int, cache_dir: Path | None = None) -> Path:
-    from model.training.datasets import DEFAULT_CACHE_DIR
-
     digest = hashlib.sha1(str(Path(images).resolve()).encode()).hexdigest()[:12]
     return Path(cache_dir or DEFAULT_CACHE_DIR) / f"chips-{detector}-{image_size}px-{Path(images).name}-{digest}.npz"
 
@@ -77,33 +75,13 @@ def _photo_key(images: Path, path: Path) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, tuple[NDArray[np.uint8], bool]]:
-    if not path.exists():
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: (c, bool(d)) for k, c, d in zip(data["keys"].tolist(), data["chips"], data["detected"])}
-    except (OSError, KeyError, ValueError) as exc:
-        print(f"chip cache {path} unreadable ({exc}); recomputing", file=sys.stderr)
-        return {}
-
-
-def _write_atomically(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return read_cache(path, field="chips", what="chip")
 
 
 def _write_cache(path: Path, cache: dict[str, tuple[NDArray[np.uint8], bool]], size: int) -> None:
     keys = list(cache)
     chips = np.stack([cache[k][0] for k in keys]) if keys else np.zeros((0, size, size, 3), np.uint8)
-    _write_atomically(path, keys=np.array(keys, dtype=str), chips=chips,
+    write_npz_atomically(path, keys=np.array(keys, dtype=str), chips=chips,
                       detected=np.array([cache[k][1] for k in keys], dtype=bool))
 
 
@@ -118,7 +96,6 @@ def prepare_chips(images: Path, *, image_size: int = 112, detector: str = "yunet
     from model.align import arcface_chips
     from model.images import ImageError, load_image
     from model.recognizer import Recognizer
-    from model.training.datasets import list_dataset
 
     images = check_images(images)
     listing = list_dataset(images, max_people, per_person)
@@ -159,7 +136,7 @@ def prepare_chips(images: Path, *, image_size: int = 112, detector: str = "yunet
 def save_chips(chips: FaceChips, path: Path) -> Path:
     """One .npz with chips, labels, names, paths and detected flags (no pickles)."""
     path = Path(path)
-    _write_atomically(path, chips=chips.chips, labels=chips.labels, names=np.array(chips.names, dtype=str),
+    write_npz_atomically(path, chips=chips.chips, labels=chips.labels, names=np.array(chips.names, dtype=str),
                       paths=np.array(chips.paths, dtype=str), detected=chips.detected)
     return path
 

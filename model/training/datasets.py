@@ -149,33 +149,39 @@ def photo_key(images: Path, path: Path, backbone: str, copy: int) -> str:
     return f"{rel}|{stat.st_size}|{stat.st_mtime_ns}|{backbone}|{copy}"
 
 
-def read_cache(path: Path) -> dict[str, tuple[NDArray[np.float32], bool]]:
+def read_cache(path: Path, field: str = "features", what: str = "feature") -> dict[str, tuple[NDArray, bool]]:
+    """A keyed cache file: key -> (its `field` row, whether a face was detected); {} when missing or unreadable."""
     if not path.exists():
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: (f, bool(d)) for k, f, d in zip(data["keys"].tolist(), data["features"], data["detected"])}
+            return {k: (f, bool(d)) for k, f, d in zip(data["keys"].tolist(), data[field], data["detected"])}
     except (OSError, KeyError, ValueError) as exc:
-        print(f"feature cache {path} unreadable ({exc}); recomputing", file=sys.stderr)
+        print(f"{what} cache {path} unreadable ({exc}); recomputing", file=sys.stderr)
         return {}
 
 
-def write_cache(path: Path, entries: dict[str, tuple[NDArray[np.float32], bool]]) -> None:
-    """Write atomically: a reader sees the old file or the new one."""
+def write_npz_atomically(path: Path, **arrays) -> None:
+    """np.savez to path so that a reader sees the old file or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(entries)
-    dim = len(next(iter(entries.values()))[0]) if entries else 0
-    features = np.stack([entries[k][0] for k in keys]) if keys else np.zeros((0, dim), np.float32)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     os.close(fd)
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, keys=np.array(keys, dtype=str), features=features.astype(np.float32),
-                     detected=np.array([entries[k][1] for k in keys], dtype=bool))
+            np.savez(f, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_cache(path: Path, entries: dict[str, tuple[NDArray[np.float32], bool]]) -> None:
+    """Write the feature cache atomically (see write_npz_atomically)."""
+    keys = list(entries)
+    dim = len(next(iter(entries.values()))[0]) if entries else 0
+    features = np.stack([entries[k][0] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    write_npz_atomically(path, keys=np.array(keys, dtype=str), features=features.astype(np.float32),
+                         detected=np.array([entries[k][1] for k in keys], dtype=bool))
 
 
 def dataset_features(
