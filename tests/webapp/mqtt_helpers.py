@@ -15,17 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from web_helpers import free_port
+
 START_TIMEOUT_S = 10
 
 
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
@@ -135,14 +131,3 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(condition, timeout: float = 10, step: float = 0.05):
-    """condition()'s first truthy value within timeout; AssertionError otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"not true within {timeout} s")

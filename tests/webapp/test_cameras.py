@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from web_helpers import ENROLLED, STRANGER, TEST_THRESHOLD, enroll_json, free_port, log_in, on_background, prepare_data_dir
+from web_helpers import (
+    ENROLLED, STRANGER, TEST_THRESHOLD, enroll_json, free_port, log_in, on_background, prepare_data_dir, wait_until,
+)
 
 from fakes import fake_recognizer
 from webapp import create_app
@@ -119,16 +121,9 @@ class MjpegServer:
         return Handler
 
 
-def wait_for(check, timeout_s: float = WAIT_S, every_s: float = 0.1):
-    """Call check() until it returns something true; returns that, or fails with the last value seen."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s} s; last seen: {value!r}")
+def wait_for(check, timeout: float = WAIT_S):
+    """Cameras take longer to come round than the other waits here."""
+    return wait_until(check, timeout, step=0.1)
 
 
 def make_camera_app(data_dir: Path, recognizer, **config):
@@ -321,7 +316,7 @@ def test_a_video_file_camera_plays_and_names(camera_app, api, enrolled_frame, vi
     camera = add(api, "Recording", str(path))
     wait_for(lambda: named(api, camera["id"], "Ada"))
     first = status(api, camera["id"])["frames"]
-    assert wait_for(lambda: status(api, camera["id"])["frames"] >= first + 25, timeout_s=10)  # past its end: it loops
+    assert wait_for(lambda: status(api, camera["id"])["frames"] >= first + 25, timeout=10)  # past its end: it loops
 
 
 def test_a_dropped_camera_comes_back_online(api, enrolled_frame, stream):
@@ -346,7 +341,7 @@ def test_a_stalled_stream_reconnects(api, enrolled_frame, stream):
     camera = add(api, "Shed", server.url())
     wait_for(lambda: status(api, camera["id"])["state"] == "online")
     server.stall = True  # the connection stays open, nothing comes
-    stalled = wait_for(lambda: (s := status(api, camera["id"]))["state"] != "online" and s, timeout_s=8)
+    stalled = wait_for(lambda: (s := status(api, camera["id"]))["state"] != "online" and s, timeout=8)
     assert "stopped after" in stalled["error"] or "stalled" in stalled["error"]
     server.stall = False
     wait_for(lambda: status(api, camera["id"])["state"] == "online")
@@ -365,7 +360,7 @@ def test_unreachable_cameras_are_offline_with_a_reason_and_stall_nothing(api, en
         error = wait_for(lambda: status(api, refused["id"])["error"])
         assert status(api, refused["id"])["state"] in ("offline", "connecting")
         assert "unreachable" in error and "connection refused" in error
-        mute_error = wait_for(lambda: status(api, mute["id"])["error"], timeout_s=10)
+        mute_error = wait_for(lambda: status(api, mute["id"])["error"], timeout=10)
         assert "did not answer" in mute_error or "no answer" in mute_error
 
         started = time.monotonic()

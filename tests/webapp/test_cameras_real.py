@@ -85,14 +85,14 @@ def test_a_camera_names_the_enrolled_person_and_records_a_sighting(server, sessi
         answer = faces(session, url, camera["id"])
         return answer if [f["name"] for f in answer["faces"]] == ["Ada"] else None
 
-    answer = wait_for(ada, timeout_s=30)
+    answer = wait_for(ada, timeout=30)
     assert answer["faces"][0]["similarity"] > 0.9 and answer["status"]["state"] == "online"
 
     def sighting():
         with sqlite3.connect(data_dir / "faces.db") as db:
             return db.execute("SELECT frames FROM sightings WHERE name = 'Ada'").fetchall()
 
-    assert wait_for(sighting, timeout_s=15)
+    assert wait_for(sighting, timeout=15)
     listed = session.get(f"{url}/api/cameras", timeout=10).text
     assert PASSWORD not in listed and PASSWORD not in log_path.read_text()
 
@@ -107,7 +107,7 @@ def test_a_stranger_on_a_camera_stays_unknown(server, session, portraits):
             answer = faces(session, url, camera["id"])
             return answer if answer["faces"] and answer["faces"][0]["reason"] is None else None
 
-        answer = wait_for(decided, timeout_s=30)
+        answer = wait_for(decided, timeout=30)
         [face] = answer["faces"]
         assert face["name"] is None and face["person_id"] is None and face["similarity"] < 0.9
     finally:

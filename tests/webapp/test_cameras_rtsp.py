@@ -104,19 +104,19 @@ def rtsp(tmp_path, enrolled_frame, monkeypatch):
 def test_an_rtsp_camera_names_the_enrolled_face(api, rtsp):
     camera = add(api, "Door", rtsp.url("admin:rtsp-Secret9@"))  # this relay takes any login
     assert camera["url"] == f"rtsp://***@127.0.0.1:{rtsp.client_port}/cam"
-    answer = wait_for(lambda: named(api, camera["id"], "Ada"), timeout_s=20)
+    answer = wait_for(lambda: named(api, camera["id"], "Ada"), timeout=20)
     assert (answer["width"], answer["height"]) == (640, 480)
     assert "rtsp-Secret9" not in api.get("/api/cameras").get_data(as_text=True)
 
 
 def test_an_rtsp_camera_that_stops_comes_back(api, rtsp):
     camera = add(api, "Drive", rtsp.url())
-    wait_for(lambda: named(api, camera["id"], "Ada"), timeout_s=20)
+    wait_for(lambda: named(api, camera["id"], "Ada"), timeout=20)
     rtsp.stop_pushing()
-    gone = wait_for(lambda: (s := status(api, camera["id"]))["state"] != "online" and s, timeout_s=10)
+    gone = wait_for(lambda: (s := status(api, camera["id"]))["state"] != "online" and s, timeout=10)
     assert gone["error"]
     time.sleep(0.5)
     rtsp.push()
-    wait_for(lambda: status(api, camera["id"])["state"] == "online", timeout_s=20)
+    wait_for(lambda: status(api, camera["id"])["state"] == "online", timeout=20)
     before = status(api, camera["id"])["frames"]
     wait_for(lambda: status(api, camera["id"])["frames"] > before + 3)

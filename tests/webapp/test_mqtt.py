@@ -12,8 +12,8 @@ import logging
 import time
 
 import pytest
-from mqtt_helpers import Broker, Subscriber, free_port, mosquitto_binary, wait_until
-from web_helpers import ENROLLED, STRANGER, enroll_json, log_in, on_background, prepare_data_dir
+from mqtt_helpers import Broker, Subscriber, mosquitto_binary
+from web_helpers import ENROLLED, STRANGER, enroll_json, free_port, log_in, on_background, prepare_data_dir, wait_until
 
 from webapp import create_app, mqtt
 from webapp.events import NAMESPACE

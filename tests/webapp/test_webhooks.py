@@ -12,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from web_helpers import STRANGER, log_in, on_background, prepare_data_dir
+from web_helpers import STRANGER, log_in, on_background, prepare_data_dir, wait_until
 
 from webapp import create_app, webhooks
 from webapp.live_stream import LiveStream
@@ -140,7 +140,7 @@ def test_a_hanging_and_a_failing_receiver_do_not_delay_a_good_one(receivers, not
     assert [json.loads(body)["track_id"] for _, body, _ in posts] == ["abc:0", "abc:1", "abc:2"]
     hanging.next(timeout=2)  # it did get its first POST, and is still sitting on it
     # The failing one: the first try, then 2 retries after 0.2 s and 0.4 s, for each event in turn.
-    wait_for(lambda: failing.attempts >= 3, timeout=3)
+    wait_until(lambda: failing.attempts >= 3, timeout=3)
     assert failing_sink.last_status == 500 and failing_sink.last_error == "answered 500"
 
 
@@ -153,7 +153,7 @@ def test_retries_back_off_until_the_receiver_recovers_with_the_same_signed_body(
     assert len({body for _, body, _ in tries}) == 1 and len({h["X-Faces-Signature"] for h, _, _ in tries}) == 1
     gaps = [b[2] - a[2] for a, b in zip(tries, tries[1:])]
     assert 0.08 < gaps[0] < 0.5 and gaps[1] > 1.5 * gaps[0] * 0.9  # 0.1 s, then 0.2 s
-    wait_for(lambda: worker.sent == 1)
+    wait_until(lambda: worker.sent == 1)
     assert sink.last_status == 204 and sink.last_error is None and worker.failed == 0
 
 
@@ -165,7 +165,7 @@ def test_a_client_error_is_not_retried_and_an_unreachable_url_gives_up(receivers
     dead = webhooks.WebhookSink(closed_port.url, b"s", retries=1, backoff_s=0.05, timeout_s=1)
     dead_worker = notifier.add_sink(dead)
     notifier.publish(EVENT)
-    wait_for(lambda: gone_worker.failed == 1 and dead_worker.failed == 1)
+    wait_until(lambda: gone_worker.failed == 1 and dead_worker.failed == 1)
     assert gone.attempts == 1  # 410 is final
     assert dead.last_error.startswith("not delivered") and dead.last_status is None
 
@@ -177,12 +177,3 @@ def test_bad_webhook_urls_are_refused_at_start_without_their_secrets(tmp_path, w
     assert "FACES_WEBHOOK_URLS" in str(caught.value)
     assert "hunter2" not in str(caught.value) and "abc" not in str(caught.value)
     assert webhooks.shown("https://u:pw@h.example:8443/p/q?token=t#f") == "https://h.example:8443/p/q"
-
-
-def wait_for(condition, timeout: float = 5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not true within {timeout} s")

@@ -98,6 +98,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(condition, timeout: float = 10, step: float = 0.05):
+    """condition()'s first truthy value within timeout seconds; AssertionError with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"not true within {timeout} s; last seen: {value!r}")
+
+
 @contextlib.contextmanager
 def running_server(data_dir: Path) -> Iterator[str]:
     """`python server.py` on a free loopback port, as a user starts it; yields its base URL once the model is ready.
