@@ -83,11 +83,28 @@ def store(db: sqlite3.Connection, value: float) -> None:
 
 def limits(rule: float | OpenSetRule, counts: NDArray[np.int64], people: int) -> NDArray[np.float64]:
     """The similarity each person with counts[i] photos must reach, in a gallery of `people` people."""
-    if not isinstance(rule, OpenSetRule):
-        return np.full(len(counts), float(rule))
-    base = np.asarray(rule.base, dtype=np.float64)
-    index = np.clip(np.asarray(counts) - 1, 0, len(base) - 1)
-    return base[index] + rule.per_log_people * np.log(max(1, people))
+    if isinstance(rule, OpenSetRule):
+        return rule.thresholds(counts, people)
+    return np.full(len(counts), float(rule))
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """The gallery's people worked out once: each photo's person column and its similarity to every template."""
+
+    counts: NDArray[np.int64]  # photos per person [P]
+    centres: NDArray[np.float32]  # their templates [P, D]
+    sums: NDArray[np.float64]  # each person's summed photo embeddings [P, D]
+    column: NDArray[np.int64]  # each photo's person [M]
+    sims: NDArray[np.float64]  # each photo against each template [M, P]
+
+    @classmethod
+    def of(cls, vectors: NDArray[np.float32], person_ids: NDArray[np.int64]) -> "_Scores":
+        people, centres, counts = templates(vectors, person_ids)
+        column = np.searchsorted(people, person_ids)
+        sums = np.zeros((len(people), vectors.shape[1]), dtype=np.float64)
+        np.add.at(sums, column, vectors)
+        return cls(counts, centres, sums, column, vectors.astype(np.float64) @ centres.T.astype(np.float64))
 
 
 def outlook(
@@ -103,9 +120,10 @@ def outlook(
     :param strangers: float32 [S, D] unit embeddings of faces known to be nobody enrolled (the inbox).
     :param rule: the model's rule at strictness 0.
     """
-    own_sim, own_limit, rival_sim, rival_limit = _left_one_out(vectors, person_ids, rule)
-    away_sim, away_limit = _left_person_out(vectors, person_ids, rule)
-    inbox_sim, inbox_limit = _inbox(vectors, person_ids, strangers, rule)
+    scores = _Scores.of(vectors, person_ids)
+    own_sim, own_limit, rival_sim, rival_limit = _left_one_out(vectors, scores, rule)
+    away_sim, away_limit = _left_person_out(scores, rule)
+    inbox_sim, inbox_limit = _inbox(strangers, scores, rule)
     stranger_sim = np.concatenate([away_sim, inbox_sim])
     stranger_limit = np.concatenate([away_limit, inbox_limit])
     results = []
@@ -122,48 +140,43 @@ def outlook(
     return results
 
 
-def _left_one_out(vectors, person_ids, rule):
+def _left_one_out(vectors, scores: _Scores, rule):
     """For each photo of a person with 2+ photos: its similarity to its own template made without it, and to
     the best other person's template, with the limits each must reach."""
-    people, centres, counts = templates(vectors, person_ids)
-    if len(people) == 0:
-        empty = np.zeros(0)
-        return empty, empty, empty, empty
-    column = np.searchsorted(people, person_ids)
-    sums = np.zeros((len(people), vectors.shape[1]), dtype=np.float64)
-    np.add.at(sums, column, vectors)
-    keep = counts[column] >= 2
-    v, col = vectors[keep].astype(np.float64), column[keep]
-    own_sum = sums[col] - v
+    people = len(scores.counts)
+    keep = scores.counts[scores.column] >= 2
+    v, col = vectors[keep].astype(np.float64), scores.column[keep]
+    own_sum = scores.sums[col] - v
     own_sim = np.einsum("ij,ij->i", own_sum, v) / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12)
-    own_limit = limits(rule, counts[col] - 1, len(people))
-    sims = v @ centres.T.astype(np.float64)
+    own_limit = limits(rule, scores.counts[col] - 1, people)
+    if people < 2:
+        return own_sim, own_limit, np.full(len(v), -np.inf), np.full(len(v), np.inf)
+    sims = scores.sims[keep].copy()
     sims[np.arange(len(v)), col] = -np.inf
-    rival = sims.argmax(axis=1) if len(people) > 1 else np.zeros(len(v), dtype=np.int64)
-    rival_sim = sims[np.arange(len(v)), rival] if len(people) > 1 else np.full(len(v), -np.inf)
-    rival_limit = limits(rule, counts, len(people))[rival] if len(people) > 1 else np.full(len(v), np.inf)
-    return own_sim, own_limit, rival_sim, rival_limit
+    rival = sims.argmax(axis=1)
+    return own_sim, own_limit, sims[np.arange(len(v)), rival], limits(rule, scores.counts, people)[rival]
 
 
-def _left_person_out(vectors, person_ids, rule):
+def _left_person_out(scores: _Scores, rule):
     """Each person taken out of the gallery in turn: their photos' best similarity among the others."""
-    people, centres, counts = templates(vectors, person_ids)
-    if len(people) < 2:
+    people = len(scores.counts)
+    if people < 2:
         return np.zeros(0), np.zeros(0)
-    column = np.searchsorted(people, person_ids)
-    sims = vectors @ centres.T
-    sims[np.arange(len(vectors)), column] = -np.inf
+    sims = scores.sims.copy()
+    rows = np.arange(len(sims))
+    sims[rows, scores.column] = -np.inf
     best = sims.argmax(axis=1)
-    return sims[np.arange(len(vectors)), best], limits(rule, counts, len(people) - 1)[best]
+    return sims[rows, best], limits(rule, scores.counts, people - 1)[best]
 
 
-def _inbox(vectors, person_ids, strangers, rule):
-    people, centres, counts = templates(vectors, person_ids)
-    if len(people) == 0 or len(strangers) == 0:
+def _inbox(strangers, scores: _Scores, rule):
+    """The inbox's faces: their best similarity among everybody."""
+    people = len(scores.counts)
+    if people == 0 or len(strangers) == 0:
         return np.zeros(0), np.zeros(0)
-    sims = strangers @ centres.T
+    sims = strangers @ scores.centres.T
     best = sims.argmax(axis=1)
-    return sims[np.arange(len(strangers)), best], limits(rule, counts, len(people))[best]
+    return sims[np.arange(len(strangers)), best], limits(rule, scores.counts, people)[best]
 
 
 # --- how well each person is enrolled ----------------------------------------------------
