@@ -15,10 +15,8 @@ from web_helpers import (
     STRANGER,
     TEST_PASSWORD,
     chromium_with_camera,
-    enroll_json,
-    log_in,
+    data_dir_with_ada,
     on_background,
-    prepare_data_dir,
     server_session,
     start_server,
     stop_server,
@@ -26,7 +24,6 @@ from web_helpers import (
     write_y4m,
 )
 
-from webapp import create_app
 
 pytestmark = pytest.mark.dlib
 PASSWORD = "door-Cam-pw-77"
@@ -42,11 +39,7 @@ def portraits(celeba_dir):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, dlib_recognizer, celeba_dir):
     """server.py whose database holds Ada (celeb_7201, photos 1-3): (base URL, data dir, log file)."""
-    data_dir = prepare_data_dir(tmp_path_factory.mktemp("cameras") / "data")
-    app = create_app({"TESTING": True, "DATA_DIR": data_dir, "RECOGNIZER": dlib_recognizer})
-    photos = [(p.name, p.read_bytes()) for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
-    assert enroll_json(log_in(app.test_client()), "Ada", photos).status_code == 201
-    app.extensions["cameras"].stop()
+    data_dir = data_dir_with_ada(tmp_path_factory.mktemp("cameras") / "data", dlib_recognizer, celeba_dir)
     process, url, log_path = start_server(data_dir, extra_env=CAMERA_ENV)
     try:
         yield url, data_dir, log_path

@@ -12,14 +12,10 @@ from web_helpers import (
     ENROLLED,
     STRANGER,
     LiveClient,
-    enroll_json,
-    log_in,
+    data_dir_with_ada,
     on_background,
-    prepare_data_dir,
     running_server,
 )
-
-from webapp import create_app
 
 ANSWER_TIMEOUT_S = 15
 pytestmark = pytest.mark.dlib  # a real server.py, so the real model
@@ -28,10 +24,7 @@ pytestmark = pytest.mark.dlib  # a real server.py, so the real model
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, dlib_recognizer, celeba_dir):
     """A server whose database already holds Ada (celeb_7201, photos 1-3), enrolled through the app."""
-    data_dir = prepare_data_dir(tmp_path_factory.mktemp("live") / "data")
-    app = create_app({"TESTING": True, "DATA_DIR": data_dir, "RECOGNIZER": dlib_recognizer})
-    photos = [(p.name, p.read_bytes()) for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
-    assert enroll_json(log_in(app.test_client()), "Ada", photos).status_code == 201
+    data_dir = data_dir_with_ada(tmp_path_factory.mktemp("live") / "data", dlib_recognizer, celeba_dir)
     with running_server(data_dir) as url:
         yield url
 

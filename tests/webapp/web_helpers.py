@@ -85,6 +85,18 @@ def enroll_json(client, name: str, files: list[tuple[str, bytes]], **extra):
     return client.post("/people/new", data=data, headers={"Accept": "application/json"})
 
 
+def data_dir_with_ada(data_dir: Path, recognizer, celeba_dir: Path) -> Path:
+    """A data dir whose database holds Ada (ENROLLED, photos 1-3), enrolled through the app with `recognizer`."""
+    from webapp import create_app
+
+    app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(data_dir), "RECOGNIZER": recognizer})
+    photos = [(p.name, p.read_bytes()) for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
+    assert enroll_json(log_in(app.test_client()), "Ada", photos).status_code == 201
+    if "cameras" in app.extensions:
+        app.extensions["cameras"].stop()
+    return data_dir
+
+
 def on_background(jpeg: bytes, quality: int = 85) -> bytes:
     """A portrait pasted in the middle of a plain 640x480 frame, as JPEG (what a webcam frame looks like here)."""
     out = io.BytesIO()
