@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from web_helpers import free_port
+from web_helpers import free_port, stop_process
 
 START_TIMEOUT_S = 10
 
@@ -68,8 +68,7 @@ class Broker:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+            stop_process(self.process)
             self.log.close()
             self.process = None
 

@@ -24,7 +24,6 @@ from web_helpers import (
     write_y4m,
 )
 
-
 pytestmark = pytest.mark.dlib
 PASSWORD = "door-Cam-pw-77"
 CAMERA_ENV = {"FACES_CAMERA_FPS": "5", "FACES_CAMERA_TIMEOUT_S": "2", "FACES_CAMERA_RETRY_MIN_S": "0.2",

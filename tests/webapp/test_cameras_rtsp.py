@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_cameras import add, api, camera_app, enrolled_frame, frames, named, status, videos, wait_for  # noqa: F401
-from web_helpers import free_port
+from web_helpers import free_port, stop_process
 
 RELAY = "use AnyEvent; use RTSP::Server; RTSP::Server->new_with_options->listen; AnyEvent->condvar->recv"
 
@@ -69,23 +69,12 @@ class RtspCamera:
             return None
 
     def stop_pushing(self) -> None:
-        _end(self.pusher)
+        stop_process(self.pusher)
         self.pusher = None
 
     def close(self) -> None:
-        _end(self.pusher)
-        _end(self.relay)
-
-
-def _end(process: subprocess.Popen | None) -> None:
-    if process is None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        stop_process(self.pusher)
+        stop_process(self.relay)
 
 
 @pytest.fixture

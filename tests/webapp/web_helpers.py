@@ -162,13 +162,19 @@ def start_server(data_dir: Path, port: int | None = None, extra_env: dict | None
     return process, url, log_path
 
 
-def stop_server(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; None is nothing to stop."""
+    if process is None:
+        return
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+stop_server = stop_process
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
