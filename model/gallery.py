@@ -149,11 +149,14 @@ class _Decider:
         corrected = 0 if self.corrections is None else len(np.unique(self.corrections.person_ids))
         # Each corrected person may be passed over, so this many best candidates always hold the best two left.
         self.depth = 2 + corrected
+        # What each person's template must reach, worked out once for every probe of this match.
+        if isinstance(threshold, OpenSetRule):
+            self.limits = threshold.thresholds(counts)
+        else:
+            self.limits = np.full(len(people), float(threshold))
 
     def limit(self, column: int) -> float:
-        if isinstance(self.threshold, OpenSetRule):
-            return float(self.threshold.thresholds(self.counts[[column]], people=len(self.people))[0])
-        return float(self.threshold)
+        return float(self.limits[column])
 
     def exact(self, probes: NDArray[np.float32]) -> list[Match]:
         """Every template scored: float32 [P, D] probes -> one Match each."""

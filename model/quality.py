@@ -72,6 +72,8 @@ def assess(
     face = faces[0]
     size = min(face.width, face.height)
     gray = _gray_crop(frame, face.box)
+    if gray is None:  # a box of less than 2x2 pixels
+        return Assessment(faces=1, size=size, checks={"one_face": True, "size": False}, hints=["move closer"])
     sharpness = min(1.0, float(cv2.Laplacian(gray, cv2.CV_64F).var()) / SHARP_VAR)
     brightness = float(gray.mean())
     yaw, pitch = head_pose(face.landmarks)
@@ -151,19 +153,20 @@ MIN_DETAIL = 0.05
 
 def face_detail(frame: NDArray[np.uint8], box: NDArray[np.int32]) -> float:
     """How much fine detail a face has (see MIN_DETAIL): frame RGB uint8 [H, W, 3], box [left, top, right, bottom]."""
-    left, top, right, bottom = (int(v) for v in box)
-    crop = np.ascontiguousarray(frame[max(0, top):bottom, max(0, left):right])
-    if crop.shape[0] < 2 or crop.shape[1] < 2:
+    small = _gray_crop(frame, box, DETAIL_SIDE)
+    if small is None:
         return 0.0
-    gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (DETAIL_SIDE, DETAIL_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = small.astype(np.float32)
     return float(cv2.Laplacian(small, cv2.CV_32F).var() / (small.var() + 1.0))
 
 
-def _gray_crop(frame: NDArray[np.uint8], box: NDArray[np.int32]) -> NDArray[np.uint8]:
+def _gray_crop(frame: NDArray[np.uint8], box: NDArray[np.int32], side: int = SHARP_SIDE) -> NDArray[np.uint8] | None:
+    """The box's grey crop scaled to side x side; None when the box holds less than 2x2 pixels of the frame."""
     left, top, right, bottom = (int(v) for v in box)
-    crop = cv2.cvtColor(np.ascontiguousarray(frame[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
-    return cv2.resize(crop, (SHARP_SIDE, SHARP_SIDE), interpolation=cv2.INTER_AREA)
+    crop = np.ascontiguousarray(frame[max(0, top):bottom, max(0, left):right])
+    if crop.shape[0] < 2 or crop.shape[1] < 2:
+        return None
+    return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (side, side), interpolation=cv2.INTER_AREA)
 
 
 def _light_score(brightness: float) -> float:

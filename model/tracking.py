@@ -254,8 +254,11 @@ class FaceTracker:
             self._last_detection, self._scene = now, thumbnail
             self._last_search = now if search else self._last_search
             looks = self._look(frame)
-        reasons = {t.track_id: self._unrecognisable(t, frame) for t in self.tracks}
-        self._embed_due(frame, gallery, now, looks, reasons)
+        due = [t for t in self.tracks if not t.evidence.count or t.doubt or now - t.last_embedded >= self._interval(t)]
+        # Blur only matters where a face would be embedded now or has no name to keep: the others skip the check.
+        looked_at = {t.track_id for t in due}
+        reasons = {t.track_id: self._unrecognisable(t, frame if t.track_id in looked_at else None) for t in self.tracks}
+        self._embed_due(frame, gallery, now, looks, [t for t in due if reasons[t.track_id] is None])
         if self._rematch:
             self._match([t for t in self.tracks if t.evidence.count], gallery)
             self._rematch = False
@@ -394,8 +397,9 @@ class FaceTracker:
     def _interval(self, track: Track) -> float:
         return self.reembed_s if track.evidence.weight >= self.settle_evidence else self.recheck_s
 
-    def _unrecognisable(self, track: Track, frame: NDArray[np.uint8]) -> str | None:
-        """Why the track's face can't be embedded in this frame (Recognizer.unrecognisable), or None."""
+    def _unrecognisable(self, track: Track, frame: NDArray[np.uint8] | None) -> str | None:
+        """Why the track's face can't be embedded in this frame (Recognizer.unrecognisable; without the frame,
+        size only), or None."""
         unrecognisable = getattr(self.recognizer, "unrecognisable", None)
         return unrecognisable(track.face, frame) if unrecognisable is not None else None
 
@@ -407,12 +411,7 @@ class FaceTracker:
         return track.decision(self.name_evidence)
 
     def _embed_due(self, frame: NDArray[np.uint8], gallery: Gallery, now: float, looks: dict,
-                   reasons: dict[int, str | None]) -> None:
-        due = [
-            t for t in self.tracks
-            if (not t.evidence.count or t.doubt or now - t.last_embedded >= self._interval(t))
-            and reasons[t.track_id] is None
-        ]
+                   due: list[Track]) -> None:
         if not due:
             return
         features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
