@@ -184,11 +184,6 @@ def authorize(token: str):
     return None
 
 
-def key_authenticated() -> bool:
-    """Whether a valid API key let this request in (so no CSRF token is needed: there is no cookie to ride on)."""
-    return g.get(G_KEY) is not None
-
-
 def _refuse(message: str, status: int):
     answer = jsonify(error=message)
     answer.status_code = status

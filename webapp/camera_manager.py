@@ -171,7 +171,7 @@ def init_app(app: Flask) -> CameraManager:
         min_recognise_px=config["MIN_RECOGNISE_PX"], allowed_dirs=file_dirs(config["CAMERA_FILE_DIRS"]),
         stream_options={"unknown_frames": live.unknown_frames, "tracker_options": live.tracker_options,
                         "on_event": live.on_event},  # track events (MQTT, webhooks) name the camera
-        announce=app.extensions["notifier"].announce_camera if "notifier" in app.extensions else None,
+        announce=app.extensions["notifier"].announce_camera,
     )
     app.extensions[EXTENSION] = manager
     conn = db.connect(config["DATABASE"])

@@ -369,5 +369,6 @@ def init_app(app: Flask, server: python_socketio.Server) -> None:
         service, server, config["MAX_FRAME_BYTES"], archive, config["LIVE_UNKNOWN_FRAMES"],
         workers=config["LIVE_WORKERS"], max_fps=config["LIVE_MAX_FPS"], min_fps=config["LIVE_MIN_FPS"],
         capacity_fps=config["LIVE_CAPACITY_FPS"], tracker_options=tracker_options,
-        on_event=app.extensions["notifier"].publish if "notifier" in app.extensions else None,
+        # No sink (MQTT, webhooks) configured: no track events are made on the live path at all.
+        on_event=app.extensions["notifier"].publish if app.extensions["notifier"].workers else None,
     )

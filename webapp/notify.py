@@ -221,10 +221,6 @@ class Notifier:
             if add is not None:
                 add(camera)
 
-    def track_events(self, camera: str = BROWSER, unknown_frames: int = 5) -> TrackEvents:
-        """A new stream's event source, publishing here."""
-        return TrackEvents(camera, self.publish, unknown_frames)
-
     def status(self) -> dict:
         """What each sink did: its own status plus sent, skipped, failed, dropped and waiting counts."""
         sinks = []
