@@ -12,10 +12,9 @@ if [ "${WITH_BROWSER:-0}" = 1 ]; then
   # the app itself reads cameras with OpenCV's own FFmpeg.
   APT_PACKAGES+=(ffmpeg librtsp-server-perl)
   APT_PACKAGES+=(mosquitto)  # the MQTT tests start a private broker (the app only needs one when FACES_MQTT_URL is set)
-  # The cluster tests: a private Redis and HAProxy in front of several server.py processes.
-  APT_PACKAGES+=(redis-server haproxy)
 fi
-if [ "${WITH_CLUSTER:-0}" = 1 ]; then  # scripts/cluster.sh, without the browser
+# The cluster tests, and scripts/cluster.sh: a private Redis and HAProxy in front of several server.py processes.
+if [ "${WITH_BROWSER:-0}" = 1 ] || [ "${WITH_CLUSTER:-0}" = 1 ]; then
   APT_PACKAGES+=(redis-server haproxy)
 fi
 

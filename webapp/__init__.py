@@ -138,8 +138,7 @@ def _secret_key(data_dir: Path) -> str:
 def _sweep(app: Flask) -> None:
     """Remove files a crash left without rows and rows past their retention; report rows whose files are gone."""
     # Other processes on this data dir may be writing an enrollment's files right now: leave recent ones.
-    shared = app.config["PROCESSES"] > 1 or bool(app.config["REDIS_URL"])
-    min_age_s = SHARED_SWEEP_MIN_AGE_S if shared else 0.0
+    min_age_s = SHARED_SWEEP_MIN_AGE_S if changes.shared(app.config) else 0.0
     conn = db.connect(app.config["DATABASE"])
     try:
         removed = people_store.sweep_orphans(conn, app.config["DATA_DIR"], min_age_s) + inbox_store.sweep_inbox(

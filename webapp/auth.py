@@ -21,16 +21,11 @@ client's lockout is not everyone's.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,7 +34,7 @@ from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import BadRequest, Forbidden
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp import api_keys
+from webapp import api_keys, files
 from webapp.errors import error_response, wants_json
 from webapp.extensions import csrf, limiter
 from webapp.security import SecurityHeaders, from_this_machine, write_private
@@ -134,19 +129,9 @@ def _fingerprint(hashed: str) -> str:
 
 # --- sessions: the live ones are listed in the data dir --------------------------------
 
-_sessions_lock = threading.Lock()  # one writer of the sessions file at a time in this process...
-
-
-@contextmanager
-def _sessions_writer(data_dir: Path) -> Iterator[None]:
-    """...and across the processes sharing the data dir (a lock file beside it), so no login is lost."""
-    lock_path = Path(data_dir) / f"{SESSIONS_FILE}.lock"
-    with _sessions_lock, os.fdopen(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)) as lock:  # owner-only
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _sessions_writer(data_dir: Path):
+    """One writer of the sessions file at a time, across threads and processes, so no login is lost."""
+    return files.locked(Path(data_dir) / f"{SESSIONS_FILE}.lock")
 
 
 def _now() -> float:

@@ -197,9 +197,6 @@ class ChangePoller:
         """No successful poll for STALLED_POLLS intervals: this process's gallery may be out of date."""
         return time.monotonic() - self._last_ok > max(STALLED_MIN_S, STALLED_POLLS * self.every_s)
 
-    def status(self) -> dict:
-        return {"applied": self.applied, "every_s": self.every_s, "stalled": self.stalled, "error": self.error}
-
     def poll(self, service: FaceService) -> int:
         """One catch-up on this thread's connection; returns the id applied up to. :raises sqlite3.Error."""
         if self._conn is None:

@@ -8,8 +8,6 @@ use `transaction()`.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from flask import Flask, current_app, g
 from numpy.typing import NDArray
+
+from webapp import files
 
 # Each entry turns version i into version i + 1. Append; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -221,12 +221,8 @@ def _migration_lock(conn: sqlite3.Connection) -> Iterator[None]:
     if not path:  # an in-memory database: nobody else can see it
         yield
         return
-    with os.fdopen(os.open(f"{path}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock:  # owner-only
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with files.locked(f"{path}.migrate-lock"):
+        yield
 
 
 @contextmanager

@@ -8,11 +8,13 @@ never a row pointing at half a file.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,18 @@ TMP_SUFFIX = ".tmp"  # files being written are named .<name>.tmp, then renamed
 # Faces are biometric data: the data folder and everything in it are for the owner alone.
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+
+
+@contextmanager
+def locked(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on an (owner-only, empty) lock file: one holder at a time, across threads and the
+    processes sharing the data dir (each open gets its own flock)."""
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def make_private(data_dir: Path) -> None:

@@ -16,7 +16,6 @@ from flask import Blueprint, Flask, current_app, jsonify
 
 bp = Blueprint("health", __name__)
 
-ENDPOINT = "health.health"
 _STARTED = time.monotonic()
 
 

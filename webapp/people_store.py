@@ -335,11 +335,12 @@ def store_candidates(
     :return: (the person, {id(candidate): photo_id}).
     :raises DuplicateName, NotFound.
     """
-    written = list(written or [])
     photo_ids: dict[int, int] = {}
+    files_given, written = written is not None, list(written or [])
     try:
-        for candidate in accepted[len(written):]:
-            written.append(_write_photo_files(data_dir, candidate))
+        if not files_given:
+            for candidate in accepted:  # one at a time, so a failure removes what was written
+                written.append(_write_photo_files(data_dir, candidate))
         with transaction(db):
             if person_id is None:
                 check_name_free(db, name)
