@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app({"DATA_DIR": args.data_dir})
     except ValueError as exc:  # a bad setting, e.g. FACES_ADMIN_PASSWORD too short
         sys.exit(f"error: {exc}")
+    app.extensions["live"].start()  # the live workers load their models now, not on the first stream
     warning = security.bind_warning(args.host, app.config["BEHIND_TLS"])
     if warning:
         logging.getLogger("server").warning(warning)

@@ -57,7 +57,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     files.make_private(data_dir)  # after the database file exists; SQLite gives its -wal/-shm files its mode
     _sweep(app)
     first_change = changes.newest_in(app.config["DATABASE"])  # before the load: later changes are applied, none missed
-    service = _face_service(app)
+    service = build_face_service(app.config)
     app.extensions["faces"] = service
     service.start_loading()
     reembedder = Reembedder(app.config["DATABASE"], data_dir, service)
@@ -100,23 +100,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _face_service(app: Flask) -> FaceService:
-    """The recognizer (given, or built from the settings) with the gallery loaded from the database."""
-    recognizer = app.config.get("RECOGNIZER") or Recognizer(
-        backbone=app.config["BACKBONE"], detector=app.config["DETECTOR"], threshold=app.config["THRESHOLD"],
-        weights_dir=app.config.get("WEIGHTS_DIR"), min_recognise_px=app.config["MIN_RECOGNISE_PX"],
+def build_face_service(config: Mapping[str, Any]) -> FaceService:
+    """The recognizer (given, or built from the settings) with the gallery loaded from the database.
+
+    Live worker processes (webapp.live_processes) build theirs here too, from the same settings.
+    """
+    recognizer = config.get("RECOGNIZER") or Recognizer(
+        backbone=config["BACKBONE"], detector=config["DETECTOR"], threshold=config["THRESHOLD"],
+        weights_dir=config.get("WEIGHTS_DIR"), min_recognise_px=config["MIN_RECOGNISE_PX"],
     )
     service = FaceService(
         recognizer,
-        min_face=app.config["MIN_FACE_PX"],
-        live_max_side=app.config["LIVE_MAX_SIDE"],
-        live_upsample=app.config["LIVE_UPSAMPLE"],
-        recognize_upsample=app.config["RECOGNIZE_UPSAMPLE"],
-        max_frame_bytes=app.config["MAX_FRAME_BYTES"],
-        gallery_options={"ann_min_photos": app.config["ANN_MIN_PHOTOS"],
-                         "correction_level": app.config["CORRECTION_LEVEL"]},
+        min_face=config["MIN_FACE_PX"],
+        live_max_side=config["LIVE_MAX_SIDE"],
+        live_upsample=config["LIVE_UPSAMPLE"],
+        recognize_upsample=config["RECOGNIZE_UPSAMPLE"],
+        max_frame_bytes=config["MAX_FRAME_BYTES"],
+        gallery_options={"ann_min_photos": config["ANN_MIN_PHOTOS"],
+                         "correction_level": config["CORRECTION_LEVEL"]},
     )
-    conn = db.connect(app.config["DATABASE"])
+    conn = db.connect(config["DATABASE"])
     try:
         loaded = people_store.load_gallery(conn, service)
         other = people_store.count_other_backbones(conn, service.backbone)

@@ -41,10 +41,12 @@ import socketio as python_socketio
 from flask import Flask, current_app, request
 from flask_socketio import emit
 
+from webapp import settings
 from webapp.auth import logged_in
 from webapp.extensions import socketio
 from webapp.inbox_store import Archive
 from webapp.live_admission import RATE_EVERY_S, Capacity, Connection, allocate, cores
+from webapp.live_processes import LiveProcess, RemoteStream, WorkerSpec
 from webapp.live_stream import LiveStream
 from webapp.service import FaceService
 
@@ -65,12 +67,14 @@ class LiveFrames:
     :param max_fps, min_fps, capacity_fps: admission (see the module docstring; capacity 0: measured).
     :param tracker_options: model.tracking.FaceTracker options for every stream.
     :param on_event: each stream's track events go here (webapp.notify.Notifier.publish; None: none).
+    :param processes: what each worker's child process builds (webapp.live_processes); None: the workers are
+        threads of this process, each on its own recognizer twin.
     """
 
     def __init__(self, service: FaceService, server: python_socketio.Server, max_bytes: int,
                  archive: Archive | None = None, unknown_frames: int = 5, *, workers: int = 0,
                  max_fps: float = 30.0, min_fps: float = 5.0, capacity_fps: float = 0.0,
-                 tracker_options: Mapping | None = None, on_event=None):
+                 tracker_options: Mapping | None = None, on_event=None, processes: WorkerSpec | None = None):
         self.service = service
         self.archive = archive
         self.unknown_frames = unknown_frames
@@ -90,6 +94,8 @@ class LiveFrames:
         self._wakes = [threading.Condition(self._lock) for _ in range(self.workers)]
         self._busy: list[str | None] = [None] * self.workers  # the connection each worker is answering
         self._twins: list | None = None
+        self._spec = processes
+        self._processes: list[LiveProcess] | None = None
         self.capacity = Capacity(self.workers, capacity_fps)
         self.capacity_fps = self.capacity.step()  # the last capacity worked out
         self._allocated_at = 0.0
@@ -102,15 +108,18 @@ class LiveFrames:
 
     def connect(self, sid: str, want_fps: float | None = None) -> None:
         """A new connection: put it on the worker with the fewest, and give everyone their rates."""
-        self._start_workers()
+        self.start()
         with self._lock:
             counts = self._counts()
             worker = counts.index(min(counts))
             want = min(self.max_fps, want_fps) if want_fps else self.max_fps
             self._connections[sid] = Connection(sid, worker, want, want)
-        stream = LiveStream(self.service, self.archive, unknown_frames=self.unknown_frames,
-                            max_frame_bytes=self.max_bytes, recognizer=self._twins[worker],
-                            tracker_options=self.tracker_options, on_event=self.on_event)
+        if self._processes is not None:
+            stream = RemoteStream(self._processes[worker], sid, self.service, self.on_event)
+        else:
+            stream = LiveStream(self.service, self.archive, unknown_frames=self.unknown_frames,
+                                max_frame_bytes=self.max_bytes, recognizer=self._twins[worker],
+                                tracker_options=self.tracker_options, on_event=self.on_event)
         with self._lock:
             if sid in self._connections:
                 self._sent[sid] = 0
@@ -147,8 +156,11 @@ class LiveFrames:
         return counts
 
     def _rebalance(self) -> None:
-        """Move connections from the busiest worker to the idlest until no worker has two more. Under _lock."""
-        while True:
+        """Move connections from the busiest worker to the idlest until no worker has two more. Under _lock.
+
+        Streams in worker processes stay where they are (their tracks live there); new ones go to the idlest.
+        """
+        while self._processes is None:
             counts = self._counts()
             most, least = counts.index(max(counts)), counts.index(min(counts))
             if counts[most] - counts[least] <= 1:
@@ -235,20 +247,34 @@ class LiveFrames:
 
     # --- the workers -------------------------------------------------------------------
 
-    def _start_workers(self) -> None:
+    def start(self) -> None:
+        """Start the workers (and their processes, which load their models now); the first stream does otherwise."""
         with self._lock:
-            if self._twins is not None:
+            if self._twins is not None or self._processes is not None:
                 return
-            self._twins = [self.service.live_twin(i) for i in range(self.workers)]
+            if self._spec is not None:
+                self._processes = [LiveProcess(self._spec, i, self.service.head_version) for i in range(self.workers)]
+            else:
+                self._twins = [self.service.live_twin(i) for i in range(self.workers)]
         for index in range(self.workers):
             self.server.start_background_task(self._run, index)
 
+    def stop(self) -> None:
+        """Stop the worker processes (threads are daemons and end with the server)."""
+        for process in self._processes or []:
+            process.stop()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in self._processes or []]
+
     def _run(self, index: int) -> None:
-        try:  # load this worker's twin before its first frame, so that frame is not slow
-            self.service.wait_ready()
-            self._twins[index].load()
-        except Exception:  # answered per frame (ModelNotReady) by LiveStream.answer
-            log.exception("live worker %d could not load its model", index)
+        if self._twins is not None:
+            try:  # load this worker's twin before its first frame, so that frame is not slow
+                self.service.wait_ready()
+                self._twins[index].load()
+            except Exception:  # answered per frame (ModelNotReady) by LiveStream.answer
+                log.exception("live worker %d could not load its model", index)
         while True:
             sid, frame_id, data, stream, arrived = self._claim(index)
             if stream is not None:
@@ -365,10 +391,27 @@ def init_app(app: Flask, server: python_socketio.Server) -> None:
         "full_face_px": config["LIVE_FULL_FACE_PX"],
         "search_every_s": config["LIVE_SEARCH_EVERY_S"],
     }
+    # No sink (MQTT, webhooks) configured: no track events are made on the live path at all.
+    on_event = app.extensions["notifier"].publish if app.extensions["notifier"].workers else None
     app.extensions["live"] = LiveFrames(
         service, server, config["MAX_FRAME_BYTES"], archive, config["LIVE_UNKNOWN_FRAMES"],
         workers=config["LIVE_WORKERS"], max_fps=config["LIVE_MAX_FPS"], min_fps=config["LIVE_MIN_FPS"],
-        capacity_fps=config["LIVE_CAPACITY_FPS"], tracker_options=tracker_options,
-        # No sink (MQTT, webhooks) configured: no track events are made on the live path at all.
-        on_event=app.extensions["notifier"].publish if app.extensions["notifier"].workers else None,
+        capacity_fps=config["LIVE_CAPACITY_FPS"], tracker_options=tracker_options, on_event=on_event,
+        processes=_worker_spec(config, tracker_options, on_event is not None),
     )
+
+
+def _worker_spec(config, tracker_options: dict, events: bool) -> WorkerSpec | None:
+    """What live worker processes build (FACES_LIVE_POOL=processes), or None for threads.
+
+    An app given a RECOGNIZER object (tests on the fakes) runs threads: a child builds its model from the settings.
+    :raises ValueError: FACES_LIVE_POOL is neither.
+    """
+    pool = config["LIVE_POOL"]
+    if pool not in ("processes", "threads"):
+        raise ValueError(f"FACES_LIVE_POOL={pool!r}: must be processes or threads")
+    if pool == "threads" or config.get("RECOGNIZER") is not None:
+        return None
+    plain = {setting.key: config[setting.key] for setting in settings.SETTINGS}
+    plain.update(DATABASE=config["DATABASE"], DATA_DIR=str(config["DATA_DIR"]), MAX_FRAME_BYTES=config["MAX_FRAME_BYTES"])
+    return WorkerSpec(plain, dict(tracker_options), config["LIVE_UNKNOWN_FRAMES"], archive=True, events=events)

@@ -123,6 +123,7 @@ class FaceService:
         self.live_upsample = live_upsample
         # Bumped on every gallery change, so live streams drop labels that may be stale.
         self.gallery_version = 0
+        self.head_version = 0  # bumped by swap_head (live worker processes load the new head)
         self.recognize_upsample = recognize_upsample
         self.max_frame_bytes = max_frame_bytes
         self._model_lock = threading.Lock()
@@ -198,6 +199,7 @@ class FaceService:
                 twin.set_head(head)
             self.gallery = gallery
             self.gallery_version += 1
+            self.head_version += 1
 
     def set_strictness(self, offset: float) -> None:
         """The user's strictness (webapp.strictness) on the model and every live twin, from the next frame on."""

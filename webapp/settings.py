@@ -120,7 +120,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "LIVE_WORKERS", "FACES_LIVE_WORKERS", 0, int,
-        "live: recognition threads (0: one per CPU core); each stream stays on one, streams are spread evenly",
+        "live: recognition workers (0: one per CPU core); each stream stays on one, streams are spread evenly",
+    ),
+    Setting(
+        "LIVE_POOL", "FACES_LIVE_POOL", "processes", str,
+        "live: what the workers are: `processes` (each its own model copy, about 400 MB more each; every core "
+        "recognises at once) or `threads` (one model; dlib holds the GIL, so they mostly take turns)",
     ),
     Setting("LIVE_MAX_FPS", "FACES_LIVE_MAX_FPS", 30.0, float, "live: the most frames a second a stream is given"),
     Setting(
