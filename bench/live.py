@@ -177,7 +177,11 @@ class Client:
         start = time.perf_counter() - self.phase  # its camera's clock ticks `phase` seconds out of step
         last_index, tokens, filled = -1, 2.0, start
         period = 1.0 / self.fps
-        while (now := time.perf_counter()) - start < seconds + self.phase:
+        while True:
+            self._answered.clear()  # before looking: an answer from now on wakes the wait below (no busy loop)
+            now = time.perf_counter()
+            if now - start >= seconds + self.phase:
+                break
             index = int((now - start) / period)  # the camera's newest frame
             if self._in_flight is not None and now - self._in_flight[1] > FRAME_TIMEOUT_S:
                 self._in_flight = None  # given up, as the live page does
@@ -189,7 +193,6 @@ class Client:
                 frame_id = self.sent
                 self.sent_at[frame_id] = now
                 self._in_flight = (frame_id, now)
-                self._answered.clear()
                 self.sio.emit("frame", self.frames[(index + self.offset) % len(self.frames)], namespace="/live")
                 self.sent += 1
                 continue
@@ -205,11 +208,28 @@ class Client:
 
 
 def process_usage(pid: int) -> tuple[float, float]:
-    """(cpu seconds used, resident MB) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
+    """(cpu seconds used, resident MB) of a process and its children (live worker processes), from /proc."""
+    cpu = rss_kb = 0.0
+    for member in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:  # gone meanwhile
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        rss_kb += next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
     return cpu, rss_kb / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def naive_fps(frames: list[bytes], seconds: float = 10.0) -> float:

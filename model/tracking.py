@@ -17,7 +17,7 @@ Per frame, `FaceTracker.update`:
 4. Detect, on a copy scaled to `max_side`, when a track is in doubt; when the picture changed
    outside the tracked people (a grey 32x24 thumbnail against the one of the last detection)
    and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
-   anyway. Every `search_every_s` (and on a stream's first frame) the detection looks at
+   anyway. Every `search_every_s` and SEARCH_FRAMES frames (and on a stream's first frame) the detection looks at
    twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
    degrees instead of 8-43% (bench/wild.py's frames), for about 4x one detection's time. A
    track only such a look found is not missed by the plain ones in between. A detection continues the
@@ -58,9 +58,9 @@ SCENE_SIZE = (32, 24)
 # A cell changed when its grey level moved more than this (0..255); the picture changed when this share of
 # the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
-SCENE_LEVEL = 12.0
-SCENE_SHARE = 0.01
-SCENE_JUMP = 0.05
+SCENE_LEVEL, SCENE_SHARE, SCENE_JUMP = 12.0, 0.01, 0.05
+# A closer look needs this many frames since the last one too: a stream slowed by a busy server costs no more a frame.
+SEARCH_FRAMES = 30
 # Around a tracked face, this much (in face widths: left, right, above, below) is taken as its person,
 # whose moving shoulders and hair are no reason to look for new faces.
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
@@ -157,8 +157,7 @@ class Track:
     found_at: int = 0  # the upsample of the detection that last found it (see FaceTracker search_every_s)
     evidence: Evidence = field(default_factory=Evidence)
     match: Match | None = None  # the fused embedding's match; None before the first embedding
-    # The last embedding's backbone features and embedding, for callers that keep the face (the inbox).
-    features: NDArray[np.float32] | None = None
+    features: NDArray[np.float32] | None = None  # the last embedding's backbone features, for the inbox
     embedding: NDArray[np.float32] | None = None
 
     def decision(self, name_evidence: float) -> Match | None:
@@ -216,8 +215,7 @@ class FaceTracker:
         self.recheck_s, self.reembed_s = recheck_s, reembed_s
         self.max_side, self.upsample = max_side, upsample
         self.search_every_s = search_every_s
-        self.min_iou, self.max_jump, self.max_misses = min_iou, max_jump, max_misses
-        self.change_corr = change_corr
+        self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
         self.max_gap_s = max_gap_s
@@ -228,6 +226,7 @@ class FaceTracker:
         self._shape: tuple[int, ...] | None = None
         self._last_detection: float | None = None
         self._last_search: float | None = None
+        self._frames = self._searched_at = 0  # frames seen, and that count at the last closer look
         self._scene: NDArray[np.float32] | None = None
         self._head = getattr(recognizer, "head", None)
         self._rematch = False
@@ -248,11 +247,13 @@ class FaceTracker:
         self._follow(frame, now)
         looks = self._look(frame)
         thumbnail = scene(frame)
+        self._frames += 1
         search = self._search_due(now)
         if search or self._detection_due(now, thumbnail):
             self._detect(frame, now, self.upsample + 1 if search else self.upsample)
             self._last_detection, self._scene = now, thumbnail
-            self._last_search = now if search else self._last_search
+            if search:
+                self._last_search, self._searched_at = now, self._frames
             looks = self._look(frame)
         due = [t for t in self.tracks if not t.evidence.count or t.doubt or now - t.last_embedded >= self._interval(t)]
         # Blur only matters where a face would be embedded now or has no name to keep: the others skip the check.
@@ -351,7 +352,9 @@ class FaceTracker:
 
     def _search_due(self, now: float) -> bool:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
-        return self.search_every_s > 0 and (self._last_search is None or now - self._last_search >= self.search_every_s)
+        if self.search_every_s <= 0 or self._last_search is None:
+            return self.search_every_s > 0
+        return now - self._last_search >= self.search_every_s and self._frames - self._searched_at >= SEARCH_FRAMES
 
     def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int) -> None:
         max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None

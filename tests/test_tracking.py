@@ -232,3 +232,26 @@ def test_a_face_too_small_to_recognise_is_boxed_with_its_reason_and_never_embedd
         [face] = faces_tracker.update(placed(photo, 200), gallery, now=k / FPS)
         assert (face.match.person_id, face.match.reason, face.embedding) == (None, TOO_SMALL, None)
     assert counting.embedded_faces == 0
+
+
+def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
+    """A closer look (upsample + 1) every search_every_s, but never more often than SEARCH_FRAMES frames."""
+    from fakes import fake_recognizer
+    from model.tracking import SEARCH_FRAMES
+
+    recognizer = fake_recognizer()
+    looks = []
+    find_faces = recognizer.find_faces
+    recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
+        looks.append(upsample) or find_faces(frame, upsample=upsample, max_side=max_side))
+    frame = np.full((480, 640, 3), 120, np.uint8)
+    for fps, expected in ((15.0, [0, 45, 90]), (1.0, [0, SEARCH_FRAMES, 2 * SEARCH_FRAMES, 3 * SEARCH_FRAMES])):
+        looks.clear()
+        tracker = FaceTracker(recognizer, search_every_s=3.0)
+        searched = []
+        for i in range(100):
+            before = len(looks)
+            tracker.update(frame, Gallery(dim=128), i / fps)
+            if 1 in looks[before:]:
+                searched.append(i)
+        assert searched == expected, (fps, searched)
