@@ -1,9 +1,10 @@
 """Follow faces across the frames of one video stream, and decide who each face is from all of its frames.
 
-Time drives the work, not frame counts: `now` is each frame's stream time in seconds
-(the web app uses the time the frame arrived). A stream whose frames are dropped under
-load gets about the same detections and embeddings per second of video, its faces are
-predicted across the gaps, and its tracks survive them.
+Time drives the work: `now` is each frame's stream time in seconds (the web app uses the
+time the frame arrived). A stream whose frames are dropped under load gets about the same
+detections per second of video; its closer looks and timed re-embeddings also wait for the
+frames their interval holds at FULL_RATE_FPS, so its cost per frame does not grow. Its faces
+are predicted across the gaps, and its tracks survive them.
 
 Per frame, `FaceTracker.update`:
 
@@ -17,7 +18,7 @@ Per frame, `FaceTracker.update`:
 4. Detect, on a copy scaled to `max_side`, when a track is in doubt; when the picture changed
    outside the tracked people (a grey 32x24 thumbnail against the one of the last detection)
    and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
-   anyway. Every `search_every_s` and SEARCH_FRAMES frames (and on a stream's first frame) the detection looks at
+   anyway. Every `search_every_s` (and on a stream's first frame) the detection looks at
    twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
    degrees instead of 8-43% (bench/wild.py's frames), for about 4x one detection's time. A
    track only such a look found is not missed by the plain ones in between. A detection continues the
@@ -47,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.detect import Face, box_iou
+from model.evidence import Evidence, face_weight
 from model.gallery import Gallery, Match
 from model.recognizer import TOO_BLURRED, Recognition, Recognizer
 
@@ -59,8 +61,7 @@ SCENE_SIZE = (32, 24)
 # the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
 SCENE_LEVEL, SCENE_SHARE, SCENE_JUMP = 12.0, 0.01, 0.05
-# A closer look needs this many frames since the last one too: a stream slowed by a busy server costs no more a frame.
-SEARCH_FRAMES = 30
+FULL_RATE_FPS = 15.0  # the frame rate the timed work is set for (see the module docstring)
 # Around a tracked face, this much (in face widths: left, right, above, below) is taken as its person,
 # whose moving shoulders and hair are no reason to look for new faces.
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
@@ -95,12 +96,6 @@ def scene(frame: NDArray[np.uint8]) -> NDArray[np.float32]:
     return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
-def face_weight(face: Face, full_face_px: float) -> float:
-    """How much one embedding of this face counts: 1 from full_face_px up, (side / full_face_px)^2 below."""
-    side = min(face.width, face.height)
-    return float(min(1.0, max(0.01, (side / full_face_px) ** 2)))
-
-
 def _centre(face: Face) -> NDArray[np.float64]:
     return np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2], dtype=np.float64)
 
@@ -110,34 +105,6 @@ def _moved(face: Face, shift: NDArray[np.float64]) -> Face:
     box = np.round(face.box + np.r_[shift, shift]).astype(np.int32)
     keypoints = None if face.keypoints is None else (face.keypoints + shift).astype(np.float32)
     return Face(box=box, landmarks=(face.landmarks + shift).astype(np.float32), score=face.score, keypoints=keypoints)
-
-
-@dataclass
-class Evidence:
-    """A track's embeddings so far: their weighted sum, total weight and count."""
-
-    total: NDArray[np.float64] | None = None
-    weight: float = 0.0
-    count: int = 0
-
-    def add(self, embedding: NDArray[np.float32], weight: float, cap: float) -> None:
-        """Add one unit embedding; past `cap` of total weight the older ones are scaled down (an exponential mean)."""
-        if self.total is None:
-            self.total = np.zeros(len(embedding), dtype=np.float64)
-        if self.weight + weight > cap and self.weight > 0:
-            keep = max(0.0, cap - weight) / self.weight
-            self.total *= keep
-            self.weight *= keep
-        self.total += weight * np.asarray(embedding, dtype=np.float64)
-        self.weight += weight
-        self.count += 1
-
-    def fused(self) -> NDArray[np.float32]:
-        """The fused embedding: float32 [D], unit length."""
-        return (self.total / max(float(np.linalg.norm(self.total)), 1e-12)).astype(np.float32)
-
-    def cosine(self, embedding: NDArray[np.float32]) -> float:
-        return float(self.fused() @ embedding)
 
 
 @dataclass
@@ -152,6 +119,7 @@ class Track:
     misses: int = 0
     doubt: bool = False
     last_embedded: float = float("-inf")
+    embedded_frame: int = 0  # FaceTracker's frame count at the last embedding
     looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
     at_detection: NDArray[np.int32] | None = None  # its box at the last detection
     found_at: int = 0  # the upsample of the detection that last found it (see FaceTracker search_every_s)
@@ -255,7 +223,7 @@ class FaceTracker:
             if search:
                 self._last_search, self._searched_at = now, self._frames
             looks = self._look(frame)
-        due = [t for t in self.tracks if not t.evidence.count or t.doubt or now - t.last_embedded >= self._interval(t)]
+        due = [t for t in self.tracks if not t.evidence.count or t.doubt or self._reembed_due(t, now)]
         # Blur only matters where a face would be embedded now or has no name to keep: the others skip the check.
         looked_at = {t.track_id for t in due}
         reasons = {t.track_id: self._unrecognisable(t, frame if t.track_id in looked_at else None) for t in self.tracks}
@@ -341,9 +309,7 @@ class FaceTracker:
         outside = np.ones_like(changed)
         left_m, right_m, top_m, bottom_m = PERSON_MARGINS
         for track in self.tracks:
-            for box in (track.face.box, track.at_detection):
-                if box is None:
-                    continue
+            for box in (box for box in (track.face.box, track.at_detection) if box is not None):
                 w, h = box[2] - box[0], box[3] - box[1]
                 c0, c1 = int((box[0] - left_m * w) // cell_w), int(np.ceil((box[2] + right_m * w) / cell_w))
                 r0, r1 = int((box[1] - top_m * h) // cell_h), int(np.ceil((box[3] + bottom_m * h) / cell_h))
@@ -354,7 +320,7 @@ class FaceTracker:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
-        return now - self._last_search >= self.search_every_s and self._frames - self._searched_at >= SEARCH_FRAMES
+        return _waited(now - self._last_search, self._frames - self._searched_at, self.search_every_s)
 
     def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int) -> None:
         max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None
@@ -397,8 +363,9 @@ class FaceTracker:
                                          found_at=upsample))
                 self._next_id += 1
 
-    def _interval(self, track: Track) -> float:
-        return self.reembed_s if track.evidence.weight >= self.settle_evidence else self.recheck_s
+    def _reembed_due(self, track: Track, now: float) -> bool:
+        interval = self.reembed_s if track.evidence.weight >= self.settle_evidence else self.recheck_s
+        return _waited(now - track.last_embedded, self._frames - track.embedded_frame, interval)
 
     def _unrecognisable(self, track: Track, frame: NDArray[np.uint8] | None) -> str | None:
         """Why the track's face can't be embedded in this frame (Recognizer.unrecognisable; without the frame,
@@ -427,6 +394,7 @@ class FaceTracker:
             track.evidence.add(embedding, face_weight(track.face, self.full_face_px), self.evidence_cap)
             track.features, track.embedding = feature, embedding
             track.looks, track.last_embedded, track.doubt = looks.get(track.track_id), now, False
+            track.embedded_frame = self._frames
         self._match(due, gallery)
 
     def _match(self, tracks: list[Track], gallery: Gallery) -> None:
@@ -448,3 +416,8 @@ class FaceTracker:
             return
         measured = (_centre(track.face) - centre) / dt
         track.velocity = (1 - VELOCITY_SMOOTHING) * track.velocity + VELOCITY_SMOOTHING * measured
+
+
+def _waited(seconds: float, frames: int, interval_s: float) -> bool:
+    """Whether timed work is due: interval_s passed, and as many frames as it holds at FULL_RATE_FPS."""
+    return seconds >= interval_s and frames >= interval_s * FULL_RATE_FPS - 1e-6

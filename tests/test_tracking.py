@@ -235,9 +235,8 @@ def test_a_face_too_small_to_recognise_is_boxed_with_its_reason_and_never_embedd
 
 
 def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
-    """A closer look (upsample + 1) every search_every_s, but never more often than SEARCH_FRAMES frames."""
+    """A closer look (upsample + 1) every search_every_s, and no more often than that holds frames at 15 fps."""
     from fakes import fake_recognizer
-    from model.tracking import SEARCH_FRAMES
 
     recognizer = fake_recognizer()
     looks = []
@@ -245,7 +244,7 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
     recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
         looks.append(upsample) or find_faces(frame, upsample=upsample, max_side=max_side))
     frame = np.full((480, 640, 3), 120, np.uint8)
-    for fps, expected in ((15.0, [0, 45, 90]), (1.0, [0, SEARCH_FRAMES, 2 * SEARCH_FRAMES, 3 * SEARCH_FRAMES])):
+    for fps, expected in ((15.0, [0, 45, 90]), (1.0, [0, 45, 90]), (30.0, [0, 90])):
         looks.clear()
         tracker = FaceTracker(recognizer, search_every_s=3.0)
         searched = []
