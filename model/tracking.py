@@ -2,8 +2,8 @@
 
 Time drives the work: `now` is each frame's stream time in seconds (the web app uses the
 time the frame arrived). A stream whose frames are dropped under load gets about the same
-detections per second of video; its closer looks and timed re-embeddings also wait for the
-frames their interval holds at FULL_RATE_FPS, so its cost per frame does not grow. Its faces
+detections per second of video, and its timed work (detections, closer looks, re-embeddings)
+also waits for the frames its interval holds at `full_rate_fps`, so its cost per frame does not grow. Its faces
 are predicted across the gaps, and its tracks survive them.
 
 Per frame, `FaceTracker.update`:
@@ -61,7 +61,7 @@ SCENE_SIZE = (32, 24)
 # the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
 SCENE_LEVEL, SCENE_SHARE, SCENE_JUMP = 12.0, 0.01, 0.05
-FULL_RATE_FPS = 15.0  # the frame rate the timed work is set for (see the module docstring)
+FULL_RATE_FPS = 15.0  # FaceTracker's full_rate_fps by default (see the module docstring)
 # Around a tracked face, this much (in face widths: left, right, above, below) is taken as its person,
 # whose moving shoulders and hair are no reason to look for new faces.
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
@@ -155,6 +155,7 @@ class FaceTracker:
     :param evidence_cap: past this weight older embeddings fade.
     :param max_gap_s: no motion is predicted over longer gaps between frames.
     :param search_every_s: detect at twice the size this often, for small and tilted faces (0: never).
+    :param full_rate_fps: the frame rate the timed work is set for (a camera analysed at 5 fps says 5).
     """
 
     def __init__(
@@ -177,12 +178,13 @@ class FaceTracker:
         evidence_cap: float = 10.0,
         max_gap_s: float = 1.0,
         search_every_s: float = 3.0,
+        full_rate_fps: float = FULL_RATE_FPS,
     ):
         self.recognizer = recognizer
         self.detect_every_s, self.detect_still_s = detect_every_s, detect_still_s
         self.recheck_s, self.reembed_s = recheck_s, reembed_s
         self.max_side, self.upsample = max_side, upsample
-        self.search_every_s = search_every_s
+        self.search_every_s, self.full_rate_fps = search_every_s, full_rate_fps
         self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
@@ -194,7 +196,7 @@ class FaceTracker:
         self._shape: tuple[int, ...] | None = None
         self._last_detection: float | None = None
         self._last_search: float | None = None
-        self._frames = self._searched_at = 0  # frames seen, and that count at the last closer look
+        self._frames = self._searched_at = self._detected_at = 0  # frames seen; that count at the last look, detection
         self._scene: NDArray[np.float32] | None = None
         self._head = getattr(recognizer, "head", None)
         self._rematch = False
@@ -219,7 +221,7 @@ class FaceTracker:
         search = self._search_due(now)
         if search or self._detection_due(now, thumbnail):
             self._detect(frame, now, self.upsample + 1 if search else self.upsample)
-            self._last_detection, self._scene = now, thumbnail
+            self._last_detection, self._scene, self._detected_at = now, thumbnail, self._frames
             if search:
                 self._last_search, self._searched_at = now, self._frames
             looks = self._look(frame)
@@ -295,11 +297,11 @@ class FaceTracker:
     def _detection_due(self, now: float, thumbnail: NDArray[np.float32]) -> bool:
         if self._last_detection is None or any(t.doubt for t in self.tracks):
             return True
-        since = now - self._last_detection
-        if since >= self.detect_still_s:
+        since, frames = now - self._last_detection, self._frames - self._detected_at
+        if self._waited(since, frames, self.detect_still_s):
             return True
         change = self._scene_change(thumbnail)
-        return change >= SCENE_JUMP or (since >= self.detect_every_s and change >= SCENE_SHARE)
+        return change >= SCENE_JUMP or (self._waited(since, frames, self.detect_every_s) and change >= SCENE_SHARE)
 
     def _scene_change(self, thumbnail: NDArray[np.float32]) -> float:
         """The share of the picture that changed since the last detection, outside the tracked people (then and now)."""
@@ -320,7 +322,7 @@ class FaceTracker:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
-        return _waited(now - self._last_search, self._frames - self._searched_at, self.search_every_s)
+        return self._waited(now - self._last_search, self._frames - self._searched_at, self.search_every_s)
 
     def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int) -> None:
         max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None
@@ -364,8 +366,14 @@ class FaceTracker:
                 self._next_id += 1
 
     def _reembed_due(self, track: Track, now: float) -> bool:
-        interval = self.reembed_s if track.evidence.weight >= self.settle_evidence else self.recheck_s
-        return _waited(now - track.last_embedded, self._frames - track.embedded_frame, interval)
+        """Re-embedding by time; a settled track's also waits for frames, an unsettled one's not (its name is due)."""
+        if track.evidence.weight < self.settle_evidence:
+            return now - track.last_embedded >= self.recheck_s
+        return self._waited(now - track.last_embedded, self._frames - track.embedded_frame, self.reembed_s)
+
+    def _waited(self, seconds: float, frames: int, interval_s: float) -> bool:
+        """Whether timed work is due: interval_s passed, and as many frames as it holds at full_rate_fps."""
+        return seconds >= interval_s and frames >= interval_s * self.full_rate_fps - 1e-6
 
     def _unrecognisable(self, track: Track, frame: NDArray[np.uint8] | None) -> str | None:
         """Why the track's face can't be embedded in this frame (Recognizer.unrecognisable; without the frame,
@@ -416,8 +424,3 @@ class FaceTracker:
             return
         measured = (_centre(track.face) - centre) / dt
         track.velocity = (1 - VELOCITY_SMOOTHING) * track.velocity + VELOCITY_SMOOTHING * measured
-
-
-def _waited(seconds: float, frames: int, interval_s: float) -> bool:
-    """Whether timed work is due: interval_s passed, and as many frames as it holds at FULL_RATE_FPS."""
-    return seconds >= interval_s and frames >= interval_s * FULL_RATE_FPS - 1e-6

@@ -254,3 +254,20 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
             if 1 in looks[before:]:
                 searched.append(i)
         assert searched == expected, (fps, searched)
+
+
+def test_a_slowed_stream_detects_no_more_a_frame_but_a_slow_camera_keeps_its_schedule():
+    """Timed detections wait for the frames their interval holds at full_rate_fps (15 by default)."""
+    from fakes import fake_recognizer
+
+    recognizer = fake_recognizer()
+    frames = [np.full((480, 640, 3), 120, np.uint8) for _ in range(2)]
+    frames[1][:60, :100] = 220  # every frame changes a little (2% of the picture): a detection when it is due
+    counts = {}
+    for name, fps, options in (("slowed", 2.0, {}), ("camera", 2.0, {"full_rate_fps": 2.0})):
+        tracker = FaceTracker(recognizer, search_every_s=0, **options)
+        for i in range(40):
+            tracker.update(frames[i % 2], Gallery(dim=128), i / fps)
+        counts[name] = tracker.detections
+    # 2 fps: the slowed stream detects every 3 frames (0.2 s at 15 fps), the camera on every frame (0.2 s passed).
+    assert counts == {"slowed": 14, "camera": 40}, counts

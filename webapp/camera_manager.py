@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from model.tracking import FULL_RATE_FPS
 from webapp import db
 from webapp.cameras import WATCHDOG_EVERY_S, CameraFeed, FeedOptions, options_for
 from webapp.cameras_store import Camera, CameraRefused, file_dirs, list_cameras, parse_source, scrub
@@ -140,7 +141,10 @@ class CameraManager:
             log.warning("%s: the model is not ready: %s", feed.label, exc)
         if self.announce is not None:
             self.announce(feed.camera.name)  # Home Assistant lists it before its first event
-        return LiveStream(self.service, self.archive, recognizer=twin, camera=feed.camera.name, **self.stream_options)
+        # A camera analysed at a few frames a second is slow by design: its timed work keeps to its own rate.
+        options = dict(self.stream_options, tracker_options={
+            **self.stream_options.get("tracker_options", {}), "full_rate_fps": min(FULL_RATE_FPS, feed.options.fps)})
+        return LiveStream(self.service, self.archive, recognizer=twin, camera=feed.camera.name, **options)
 
     def _start_watchdog(self) -> None:
         with self._lock:
