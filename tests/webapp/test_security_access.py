@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import SimpleNamespace
 
 import pytest
 from web_helpers import ENROLLED, TEST_PASSWORD, enroll_json, log_in, prepare_data_dir
@@ -298,6 +299,7 @@ def test_server_logs_the_warning_for_another_address(monkeypatch, caplog, tmp_pa
 
     class Stub:
         config = {"DATA_DIR": tmp_path, "BEHIND_TLS": False}
+        extensions = {"live": SimpleNamespace(start=lambda: None)}  # server.py starts the live workers
 
     monkeypatch.setattr(server, "create_app", lambda config: Stub())
     monkeypatch.setattr(server.socketio, "run", lambda app, **kwargs: None)
