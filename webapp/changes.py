@@ -16,7 +16,6 @@ changes are in its gallery already); a poll that finds nothing costs one indexed
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -104,18 +103,19 @@ def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> To
     return touched
 
 
-def _ids(values: set[int]) -> str:
-    """A set of ids as JSON, for `IN (SELECT value FROM json_each(?))`: one variable, however many ids."""
-    return json.dumps(sorted(values))
+def _named(conn, sql: str, ids: set[int], *args) -> list:
+    """The rows of `sql` (ending in `id IN`) for these ids; one `?` each (a poll reads at most BATCH ids)."""
+    if not ids:
+        return []
+    return conn.execute(f"{sql} ({', '.join('?' * len(ids))})", (*args, *sorted(ids))).fetchall()
 
 
 def read_current(conn: sqlite3.Connection, touched: Touched, backbone: str) -> Current:
     """The rows `touched` names, as they are now (photos and corrections of `backbone` only)."""
-    names = {row["id"]: row["name"] for row in conn.execute(
-        "SELECT id, name FROM people WHERE id IN (SELECT value FROM json_each(?))", (_ids(touched.people),))}
-    photos = {row["id"]: (row["person_id"], db.from_blob(row["embedding"])) for row in conn.execute(
-        "SELECT id, person_id, embedding FROM photos WHERE backbone = ? AND id IN (SELECT value FROM json_each(?))",
-        (backbone, _ids(touched.photos)))}
+    names = {row["id"]: row["name"] for row in _named(conn, "SELECT id, name FROM people WHERE id IN",
+                                                      touched.people)}
+    photos = {row["id"]: (row["person_id"], db.from_blob(row["embedding"])) for row in _named(
+        conn, "SELECT id, person_id, embedding FROM photos WHERE backbone = ? AND id IN", touched.photos, backbone)}
     return Current(
         names=names,
         gone=touched.people - set(names),
@@ -147,12 +147,9 @@ def apply(service: FaceService, current: Current) -> None:
 
 def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
     """Apply the changes after id `after`; returns the id applied up to."""
-    conn.execute("BEGIN")  # one read snapshot for the change rows and the rows they name
-    try:
+    with db.snapshot(conn):  # the change rows and the rows they name, as of one moment
         touched = read_touched(conn, after)
         current = None if touched.empty else read_current(conn, touched, service.backbone)
-    finally:
-        conn.execute("COMMIT")
     if current is not None:
         apply(service, current)
     return touched.last
@@ -160,8 +157,7 @@ def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
 
 def purge(conn: sqlite3.Connection, keep_s: float = KEEP_S) -> int:
     """Delete change rows older than keep_s seconds; returns how many."""
-    return conn.execute("DELETE FROM changes WHERE changed_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
-                        (f"-{int(keep_s)} seconds",)).rowcount
+    return conn.execute("DELETE FROM changes WHERE changed_at < ?", (db.utc_now(-int(keep_s)),)).rowcount
 
 
 class ChangePoller:

@@ -17,6 +17,8 @@ from webapp.db import connect
 from webapp.inbox_store import Archive, Sighting, UnknownFace
 from webapp.live_stream import LiveStream
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 DAY = 86400
 STRANGERS = ["celeb_7210", "celeb_7215"]  # never enrolled
 
@@ -174,7 +176,7 @@ def test_retention_purge_deletes_old_rows_and_files(app, tmp_path, web_recognize
 
     # At start the app purges with its settings, and sweeps inbox files without rows.
     (Path(app.config["DATA_DIR"]) / files.INBOX_DIR / "stray.jpg").write_bytes(b"x")
-    create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "SECRET_KEY": "test",
+    create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "DATABASE_URL": app.config["DATABASE_URL"], "SECRET_KEY": "test",
                 "RECOGNIZER": web_recognizer, "INBOX_RETENTION_DAYS": 0.5, "HISTORY_RETENTION_DAYS": 1})
     assert conn.execute("SELECT COUNT(*) FROM unknown_faces").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] == 0
