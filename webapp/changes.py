@@ -178,6 +178,7 @@ class ChangePoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._listener = None  # PostgreSQL: woken by the change log's NOTIFY instead of waiting out every_s
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="faces-changes", daemon=True)
@@ -198,18 +199,41 @@ class ChangePoller:
         if self._conn is None:
             self._conn = db.connect(self.database)
         try:
+            self._listen()  # before the catch-up: a change committed after it wakes the next wait
             self.applied = catch_up(self._conn, service, self.applied)
         except sqlite3.Error:
             self._conn.close()  # a fresh connection next time (the file may have been replaced)
             self._conn = None
+            self._drop_listener()
             raise
         self.polls += 1
         self._last_ok = time.monotonic()
         return self.applied
 
+    def _listen(self) -> None:
+        if self._listener is None and db.is_postgres(self.database):
+            from webapp import pg
+
+            self._listener = pg.Listener(self.database, db.PG_CHANGES_CHANNEL)
+
+    def _wait(self) -> bool:
+        """Until the next poll: every_s, or sooner when PostgreSQL notifies a change. False: stop."""
+        if self._listener is not None:
+            try:
+                self._listener.wait(self.every_s)
+                return not self._stop.is_set()
+            except sqlite3.Error:
+                self._drop_listener()  # the timer until a poll listens again
+        return not self._stop.wait(self.every_s)
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def _run(self) -> None:
         next_purge = time.monotonic() + PURGE_EVERY_S
-        while not self._stop.wait(self.every_s):
+        while self._wait():
             service = self._service()
             if service is None:
                 break
@@ -229,6 +253,7 @@ class ChangePoller:
             del service  # held weakly between polls
         if self._conn is not None:
             self._conn.close()
+        self._drop_listener()
 
 
 def check(config) -> None:
@@ -242,8 +267,9 @@ def check(config) -> None:
 
 
 def shared(config) -> bool:
-    """Whether several processes share this data folder (FACES_PROCESSES above 1, or FACES_REDIS_URL set)."""
-    return config["PROCESSES"] > 1 or bool(config.get("REDIS_URL"))
+    """Whether several processes may share this store: FACES_PROCESSES above 1, FACES_REDIS_URL set, or PostgreSQL
+    (other machines may be using it)."""
+    return config["PROCESSES"] > 1 or bool(config.get("REDIS_URL")) or db.is_postgres(config["DATABASE"])
 
 
 def init_app(app: Flask, after: int) -> ChangePoller | None:

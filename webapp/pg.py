@@ -86,6 +86,23 @@ class Connection:
         self.raw.close()
 
 
+class Listener:
+    """A connection LISTENing on one channel: wait() returns as soon as a NOTIFY on it commits."""
+
+    def __init__(self, url: str, channel: str):
+        with _as_sqlite_errors():
+            self.raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            self.raw.execute(f"LISTEN {channel}")
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether a notification came within timeout_s. :raises sqlite3.OperationalError: the connection broke."""
+        with _as_sqlite_errors():
+            return any(True for _ in self.raw.notifies(timeout=timeout_s, stop_after=1))
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 def connect(url: str) -> Connection:
     """:raises sqlite3.OperationalError: the server cannot be reached or refuses the login."""
     return Connection(url)
