@@ -323,22 +323,20 @@ def migrate(conn) -> int:
 
 
 def _migrate_postgres(conn) -> int:
-    found = None
-    while True:  # one transaction per step, each under the lock, so a crash leaves a whole number of steps
-        conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({PG_MIGRATE_LOCK})")
-        try:
-            version = _pg_version(conn)
-            found = version if found is None else found
-            _check_not_newer(version)
-            if version < SCHEMA_VERSION:
+    # The session's lock for the whole run (released if the process dies); one transaction per step, so a
+    # crash leaves a whole number of steps.
+    conn.execute(f"SELECT pg_advisory_lock({PG_MIGRATE_LOCK})")
+    try:
+        with transaction(conn):
+            found = _pg_version(conn)
+        _check_not_newer(found)
+        for version in range(found, SCHEMA_VERSION):
+            with transaction(conn):
                 conn.execute(render(MIGRATIONS[version], "postgres"))
                 conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        if version + 1 >= SCHEMA_VERSION:  # that was the last step, or there was none left
-            return found
+    finally:
+        conn.execute(f"SELECT pg_advisory_unlock({PG_MIGRATE_LOCK})")
+    return found
 
 
 def _pg_version(conn) -> int:
