@@ -71,7 +71,9 @@ def app(tmp_path, web_recognizer, database_url):
     app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": web_recognizer,
                       "DATABASE_URL": database_url})
     app.extensions["faces"].wait_ready()
-    return app
+    yield app
+    if "changes" in app.extensions:  # PostgreSQL: its poller's connections end with the test
+        app.extensions["changes"].stop()
 
 
 @pytest.fixture
