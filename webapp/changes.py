@@ -199,7 +199,6 @@ class ChangePoller:
         if self._conn is None:
             self._conn = db.connect(self.database)
         try:
-            self._listen()  # before the catch-up: a change committed after it wakes the next wait
             self.applied = catch_up(self._conn, service, self.applied)
         except sqlite3.Error:
             self._conn.close()  # a fresh connection next time (the file may have been replaced)
@@ -217,13 +216,17 @@ class ChangePoller:
             self._listener = pg.Listener(self.database, db.PG_CHANGES_CHANNEL)
 
     def _wait(self) -> bool:
-        """Until the next poll: every_s, or sooner when PostgreSQL notifies a change. False: stop."""
-        if self._listener is not None:
-            try:
+        """Until the next poll: every_s, or sooner when PostgreSQL notifies a change. False: stop.
+
+        Every poll catches up from `applied`, so a change committed while nobody listened waits at most every_s.
+        """
+        try:
+            self._listen()
+            if self._listener is not None:
                 self._listener.wait(self.every_s)
                 return not self._stop.is_set()
-            except sqlite3.Error:
-                self._drop_listener()  # the timer until a poll listens again
+        except sqlite3.Error:
+            self._drop_listener()  # the timer, until listening works again
         return not self._stop.wait(self.every_s)
 
     def _drop_listener(self) -> None:
