@@ -53,9 +53,7 @@ WORDS = {
     },
 }
 
-# Advisory lock keys (two fixed numbers): one process migrates at a time; writers take turns.
-PG_MIGRATE_LOCK = 1_504_150_001
-PG_WRITE_LOCK = 1_504_150_002
+PG_WRITE_LOCK = 1_504_150_002  # an advisory lock key (any fixed number): PostgreSQL's writers take turns
 PG_CHANGES_CHANNEL = "faces_changes"  # the change-log trigger NOTIFYs it; webapp/changes.py LISTENs
 
 # The change log's triggers in PostgreSQL: one function for the four tables. It takes the writers' lock, so
@@ -311,10 +309,12 @@ def migrate(conn) -> int:
     advisory lock), so the second finds the schema done instead of creating it again.
     """
     if is_postgres(conn):
-        return _migrate_postgres(conn)
+        from webapp import pg
+
+        return pg.migrate(conn, [render(step, "postgres") for step in MIGRATIONS], check_not_newer)
     with _migration_lock(conn):
         found = conn.execute("PRAGMA user_version").fetchone()[0]
-        _check_not_newer(found)
+        check_not_newer(found)
         for version in range(found, SCHEMA_VERSION):
             # executescript commits first, so the BEGIN/COMMIT here is the whole step.
             conn.executescript(
@@ -322,33 +322,7 @@ def migrate(conn) -> int:
     return found
 
 
-def _migrate_postgres(conn) -> int:
-    # The session's lock for the whole run (released if the process dies); one transaction per step, so a
-    # crash leaves a whole number of steps.
-    conn.execute(f"SELECT pg_advisory_lock({PG_MIGRATE_LOCK})")
-    try:
-        with transaction(conn):
-            found = _pg_version(conn)
-        _check_not_newer(found)
-        for version in range(found, SCHEMA_VERSION):
-            with transaction(conn):
-                conn.execute(render(MIGRATIONS[version], "postgres"))
-                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
-    finally:
-        conn.execute(f"SELECT pg_advisory_unlock({PG_MIGRATE_LOCK})")
-    return found
-
-
-def _pg_version(conn) -> int:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-        return 0
-    return row[0]
-
-
-def _check_not_newer(found: int) -> None:
+def check_not_newer(found: int) -> None:
     if found > SCHEMA_VERSION:
         raise RuntimeError(
             f"the database has schema version {found}, newer than this app's {SCHEMA_VERSION}; "

@@ -9,13 +9,14 @@ classes (IntegrityError for a unique or foreign key violation, OperationalError 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import psycopg
 
 CONNECT_TIMEOUT_S = 10
+MIGRATE_LOCK = 1_504_150_001  # an advisory lock key (any fixed number): one process migrates at a time
 
 
 class Row(tuple):
@@ -106,6 +107,46 @@ class Listener:
 def connect(url: str) -> Connection:
     """:raises sqlite3.OperationalError: the server cannot be reached or refuses the login."""
     return Connection(url)
+
+
+def migrate(conn: Connection, steps: Sequence[str], check_found: Callable[[int], None]) -> int:
+    """Run the steps (version i to i + 1: steps[i]) the database lacks; returns the version it found.
+
+    The session holds a lock for the whole run (released if the process dies), so a second process waits and
+    then finds the schema done; each step is one transaction, so a crash leaves a whole number of steps.
+    """
+    conn.execute(f"SELECT pg_advisory_lock({MIGRATE_LOCK})")
+    try:
+        with _transaction(conn):
+            found = _version(conn)
+        check_found(found)
+        for version in range(found, len(steps)):
+            with _transaction(conn):
+                conn.execute(steps[version])
+                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+    finally:
+        conn.execute(f"SELECT pg_advisory_unlock({MIGRATE_LOCK})")
+    return found
+
+
+@contextmanager
+def _transaction(conn: Connection) -> Iterator[None]:
+    conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _version(conn: Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+        return 0
+    return row[0]
 
 
 def check_url(url: str) -> None:
