@@ -1,6 +1,6 @@
 """Changes made by other app processes on the same data folder, brought into this process's gallery.
 
-Several processes (scripts/cluster.sh) share one database. SQLite triggers (webapp/db.py, the `changes`
+Several processes (scripts/cluster.sh) share one database. Triggers (webapp/db.py, the `changes`
 migration) append a row for every insert, update and delete of a person, photo, correction or stored
 setting, so no store code has to remember to log one. With several processes (FACES_PROCESSES above 1,
 or FACES_REDIS_URL set) each runs one ChangePoller: every FACES_CHANGES_POLL_S it reads the rows after
@@ -8,6 +8,10 @@ the last one it applied and, for each person, photo or correction they name, rea
 and puts it in the gallery or takes it out. Applying a change twice, or one this process made itself,
 leaves the same gallery, so nothing needs to know who made it. The change rows and the rows they name are
 read in one snapshot: whatever commits later has a higher change id and is read on the next poll.
+
+On PostgreSQL (FACES_DATABASE_URL) the trigger also NOTIFYs, and the poller LISTENs, so it catches up as
+soon as a change commits; the timer stays as the catch-up after a lost connection. Every process on
+PostgreSQL follows the log, since other machines may share the database.
 
 A process that starts loads everything (create_app) and follows from the newest change id it saw before
 loading. Change rows hold ids only and are purged after KEEP_S. One process alone does not poll (its own
