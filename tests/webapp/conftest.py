@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pg_helpers import MISSING as POSTGRES_MISSING
-from pg_helpers import PrivatePostgres
+from pg_helpers import SessionPostgres
 from web_helpers import PROJECT_DIR, TEST_THRESHOLD, log_in, prepare_data_dir
 
 from fakes import fake_recognizer
@@ -42,7 +42,7 @@ def postgres():
     """A private PostgreSQL server for the session (skipped when Debian's postgresql is not installed)."""
     if POSTGRES_MISSING:
         pytest.skip(POSTGRES_MISSING)
-    server = PrivatePostgres().start()
+    server = SessionPostgres().start()
     yield server
     server.stop()
 

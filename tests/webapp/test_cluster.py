@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import threading
 import time
@@ -323,6 +324,22 @@ def test_health_through_haproxy_reaches_both_processes(cluster):
 
 @pytest.mark.dlib
 def test_an_enrollment_rename_and_delete_on_one_process_reach_the_other_within_1s(cluster, celeba_dir):
+    enrollment_rename_and_delete_reach_the_other(cluster, celeba_dir)
+
+
+@pytest.mark.dlib
+def test_on_postgresql_too(tmp_path, celeba_dir):
+    """scripts/cluster.py --postgres: the same, with the changes brought by LISTEN/NOTIFY."""
+    running = start_cluster(tmp_path / "cluster", postgres=True)
+    try:
+        enrollment_rename_and_delete_reach_the_other(running, celeba_dir)
+    finally:
+        running.stop()  # leaves PostgreSQL's folder, as for a user
+        if running.pg is not None:
+            shutil.rmtree(running.pg.dir, ignore_errors=True)
+
+
+def enrollment_rename_and_delete_reach_the_other(cluster, celeba_dir) -> None:
     a, b = cluster.apps
     on_a, on_b = server_session(a.url), server_session(b.url)
     probe = celeba_dir / ENROLLED / f"{ENROLLED}_0010.jpg"
