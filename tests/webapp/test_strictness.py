@@ -88,7 +88,8 @@ def test_bad_strictness_values_are_refused(raw):
 @pytest.fixture
 def loose_app(tmp_path, database_url):
     """An app on the fakes with no fixed threshold, so strictness applies."""
-    app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "SECRET_KEY": "test", "DATABASE_URL": database_url,
+    app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "SECRET_KEY": "test",
+                      "DATABASE_URL": database_url,
                       "RECOGNIZER": fake_recognizer()})
     app.extensions["faces"].wait_ready()
     return app
@@ -123,7 +124,8 @@ def test_the_outlook_comes_from_the_gallery_and_a_choice_applies_at_once(loose_a
     client.put("/api/strictness", json={"strictness": 0.3})
     assert client.get("/api/strictness").get_json()["strictness"] == 0.3
 
-    again = create_app({"TESTING": True, "DATA_DIR": loose_app.config["DATA_DIR"], "DATABASE_URL": loose_app.config["DATABASE_URL"], "SECRET_KEY": "test",
+    again = create_app({"TESTING": True, "DATA_DIR": loose_app.config["DATA_DIR"],
+                        "DATABASE_URL": loose_app.config["DATABASE_URL"], "SECRET_KEY": "test",
                         "RECOGNIZER": fake_recognizer()})
     assert again.extensions["faces"].recognizer.strictness == 0.3  # kept in the database over a restart
 
