@@ -330,7 +330,7 @@ def test_an_enrollment_rename_and_delete_on_one_process_reach_the_other_within_1
 @pytest.mark.dlib
 def test_on_postgresql_too(tmp_path, celeba_dir):
     """scripts/cluster.py --postgres: the same, with the changes brought by LISTEN/NOTIFY."""
-    running = start_cluster(tmp_path / "cluster", postgres=True)
+    running = start_cluster(tmp_path, postgres=True)
     try:
         enrollment_rename_and_delete_reach_the_other(running, celeba_dir)
     finally:
