@@ -15,7 +15,7 @@ import sys
 # One BLAS thread per live worker (there is a worker per core already); set before numpy and dlib load.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from webapp import create_app, security, settings  # noqa: E402
+from webapp import create_app, db, security, settings  # noqa: E402
 from webapp.extensions import socketio  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app({"DATA_DIR": args.data_dir})
-    except ValueError as exc:  # a bad setting, e.g. FACES_ADMIN_PASSWORD too short
+    except (ValueError, db.Unavailable) as exc:  # a bad setting (FACES_ADMIN_PASSWORD too short), no database
         sys.exit(f"error: {exc}")
     app.extensions["live"].start()  # the live workers load their models now, not on the first stream
     warning = security.bind_warning(args.host, app.config["BEHIND_TLS"])

@@ -1,13 +1,15 @@
 """Several app processes on this machine behind HAProxy, with a private Redis, on one data folder.
 
-    .venv/bin/python scripts/cluster.py [--processes 2] [--port 8000] [--data-dir DIR] [--pin]
+    .venv/bin/python scripts/cluster.py [--processes 2] [--port 8000] [--data-dir DIR] [--pin] [--postgres]
 
 (or scripts/cluster.sh, which installs redis-server and haproxy first). Starts, on loopback: a Redis on a
 free port with a random password and nothing saved to disk; N `server.py` processes on free ports, all on
 the data folder (a fresh one under /tmp unless --data-dir), each with FACES_LIVE_WORKERS = cores / N (and,
 with --pin, its own share of the cores through taskset); then HAProxy on --port with leastconn, health
 checks on /api/health, WebSocket tunnels and a cookie that keeps a browser's HTTP requests on one process
-(so an import's progress is asked of the process running it). Logs go to files in a run folder it prints.
+(so an import's progress is asked of the process running it). With --postgres, a private PostgreSQL
+(scripts/private_postgres.py, its folder under /tmp kept after Ctrl-C) is the store of every process
+(FACES_DATABASE_URL) instead of SQLite. Logs go to files in a run folder it prints.
 Ctrl-C stops everything. The test suite (tests/webapp/test_cluster.py) and bench/cluster.py use `Cluster`.
 """
 
@@ -28,6 +30,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # private_postgres.py beside it, however it is loaded
+from private_postgres import MISSING as POSTGRES_MISSING  # noqa: E402
+from private_postgres import PrivatePostgres  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120.0  # a server.py to answer /api/health with 200 (the model loads in about 15 s)
@@ -141,6 +147,8 @@ class Cluster:
     redis_port: int = 0
     redis_password: str = field(default_factory=lambda: secrets.token_hex(16))
     haproxy: subprocess.Popen | None = None
+    postgres: bool = False  # a private PostgreSQL as the store instead of SQLite in the data folder
+    pg: PrivatePostgres | None = None
 
     @property
     def url(self) -> str:
@@ -155,11 +163,15 @@ class Cluster:
         if missing:
             raise SystemExit(f"{' and '.join(missing)} not found: run scripts/cluster.sh, or "
                              "apt-get install redis-server haproxy")
+        if self.postgres and POSTGRES_MISSING:
+            raise SystemExit(POSTGRES_MISSING)
         self.run_dir = Path(self.run_dir or tempfile.mkdtemp(prefix="faces-cluster-"))
         self.data_dir = Path(self.data_dir or self.run_dir / "data")
         self.port = self.port or free_port()
         try:
             self.start_redis()
+            if self.postgres:
+                self.start_postgres()
             shares = core_shares(self.processes)
             first = self.start_app(shares[0])
             wait_until(lambda: get_json(first.url + HEALTH_PATH)[0] != 0, first, "answer HTTP")  # schema made
@@ -186,6 +198,12 @@ class Cluster:
             if self.redis.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start; see {self.run_dir / 'redis.log'}")
             time.sleep(0.02)
+
+    def start_postgres(self) -> None:
+        """A private PostgreSQL with an empty `faces` database; the first process creates the schema."""
+        self.pg = PrivatePostgres().start()
+        self.pg.admin("CREATE DATABASE faces")
+        self.env = {**self.env, "FACES_DATABASE_URL": self.pg.url("faces")}
 
     def stop_redis(self) -> None:
         _stop(self.redis)
@@ -235,6 +253,8 @@ class Cluster:
         for app in self.apps:
             _stop(app.process)
         self.stop_redis()
+        if self.pg is not None:
+            self.pg.stop(keep=True)
 
 
 def _port_open(port: int) -> bool:
@@ -272,11 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, help="data folder (default: a fresh one in the run folder)")
     parser.add_argument("--pin", action="store_true", help="pin each process to its own share of the cores")
     parser.add_argument("--workers", type=int, help="FACES_LIVE_WORKERS per process (default: cores / processes)")
+    parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL as the store (not SQLite)")
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     cluster = Cluster(processes=args.processes, port=args.port, data_dir=args.data_dir, pin=args.pin,
-                      workers=args.workers)
+                      workers=args.workers, postgres=args.postgres)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop() runs in the finally below
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started in the background
     try:
@@ -284,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
         cluster.start()
         print(f"Faces: {cluster.url}/  (data in {cluster.data_dir}; run folder {cluster.run_dir})")
+        if cluster.pg is not None:
+            print(f"  PostgreSQL: {cluster.pg.url('faces')} (its folder: {cluster.pg.dir})")
         for app in cluster.apps:
             cores = f", cores {','.join(map(str, app.cores))}" if app.cores else ""
             print(f"  process {app.process.pid}: {app.url}{cores}, log {app.log}")
@@ -293,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     finally:
         cluster.stop()
-        print(f"stopped; the data folder stays: {cluster.data_dir}")
+        print(f"stopped; the data folder stays: {cluster.data_dir}"
+              + (f" (and PostgreSQL's: {cluster.pg.dir})" if cluster.pg is not None else ""))
 
 
 def watch(cluster: Cluster) -> None:

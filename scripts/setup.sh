@@ -13,9 +13,10 @@ if [ "${WITH_BROWSER:-0}" = 1 ]; then
   APT_PACKAGES+=(ffmpeg librtsp-server-perl)
   APT_PACKAGES+=(mosquitto)  # the MQTT tests start a private broker (the app only needs one when FACES_MQTT_URL is set)
 fi
-# The cluster tests, and scripts/cluster.sh: a private Redis and HAProxy in front of several server.py processes.
+# The cluster tests, and scripts/cluster.sh: a private Redis and HAProxy in front of several server.py processes;
+# the PostgreSQL tests start a private server (the app only needs one when FACES_DATABASE_URL is set).
 if [ "${WITH_BROWSER:-0}" = 1 ] || [ "${WITH_CLUSTER:-0}" = 1 ]; then
-  APT_PACKAGES+=(redis-server haproxy)
+  APT_PACKAGES+=(redis-server haproxy postgresql)
 fi
 
 missing=()

@@ -46,7 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     data_dir = Path(app.config["DATA_DIR"]).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     app.config["DATA_DIR"] = data_dir
-    if not app.config["DATABASE"]:
+    if app.config.get("DATABASE_URL"):  # PostgreSQL; the photo files stay in the data dir
+        app.config["DATABASE"] = db.check_url(app.config["DATABASE_URL"])
+    elif not app.config["DATABASE"]:
         app.config["DATABASE"] = str(data_dir / "faces.db")
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _secret_key(data_dir)

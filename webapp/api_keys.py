@@ -74,9 +74,9 @@ def create_key(db: sqlite3.Connection, name: object, scopes: object) -> tuple[sq
     name, scopes = clean_key_name(name), clean_scopes(scopes)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key_id = db.execute(
-        "INSERT INTO api_keys (name, token_hash, hint, scopes) VALUES (?, ?, ?, ?)",
+        "INSERT INTO api_keys (name, token_hash, hint, scopes) VALUES (?, ?, ?, ?) RETURNING id",
         (name, digest(token), token[:HINT_CHARS], " ".join(scopes)),
-    ).lastrowid
+    ).fetchone()[0]
     return get_key(db, key_id), token
 
 

@@ -257,11 +257,12 @@ def add_camera(db: sqlite3.Connection, fields: dict) -> Camera:
     columns = ", ".join(fields)
     try:
         with transaction(db):
-            cursor = db.execute(f"INSERT INTO cameras ({columns}) VALUES ({', '.join('?' * len(fields))})",
-                                tuple(fields.values()))
+            camera_id = db.execute(
+                f"INSERT INTO cameras ({columns}) VALUES ({', '.join('?' * len(fields))}) RETURNING id",
+                tuple(fields.values())).fetchone()[0]
     except sqlite3.IntegrityError:
         raise DuplicateName(f"there is already a camera called {fields['name']!r}") from None
-    return get_camera(db, cursor.lastrowid)
+    return get_camera(db, camera_id)
 
 
 def update_camera(db: sqlite3.Connection, camera_id: int, fields: dict) -> Camera:

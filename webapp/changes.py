@@ -1,6 +1,6 @@
 """Changes made by other app processes on the same data folder, brought into this process's gallery.
 
-Several processes (scripts/cluster.sh) share one database. SQLite triggers (webapp/db.py, the `changes`
+Several processes (scripts/cluster.sh) share one database. Triggers (webapp/db.py, the `changes`
 migration) append a row for every insert, update and delete of a person, photo, correction or stored
 setting, so no store code has to remember to log one. With several processes (FACES_PROCESSES above 1,
 or FACES_REDIS_URL set) each runs one ChangePoller: every FACES_CHANGES_POLL_S it reads the rows after
@@ -9,6 +9,10 @@ and puts it in the gallery or takes it out. Applying a change twice, or one this
 leaves the same gallery, so nothing needs to know who made it. The change rows and the rows they name are
 read in one snapshot: whatever commits later has a higher change id and is read on the next poll.
 
+On PostgreSQL (FACES_DATABASE_URL) the trigger also NOTIFYs, and the poller LISTENs, so it catches up as
+soon as a change commits; the timer stays as the catch-up after a lost connection. Every process on
+PostgreSQL follows the log, since other machines may share the database.
+
 A process that starts loads everything (create_app) and follows from the newest change id it saw before
 loading. Change rows hold ids only and are purged after KEEP_S. One process alone does not poll (its own
 changes are in its gallery already); a poll that finds nothing costs one indexed SELECT (bench/cluster.py).
@@ -16,7 +20,6 @@ changes are in its gallery already); a poll that finds nothing costs one indexed
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -104,18 +107,19 @@ def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> To
     return touched
 
 
-def _ids(values: set[int]) -> str:
-    """A set of ids as JSON, for `IN (SELECT value FROM json_each(?))`: one variable, however many ids."""
-    return json.dumps(sorted(values))
+def _named(conn, sql: str, ids: set[int], *args) -> list:
+    """The rows of `sql` (ending in `id IN`) for these ids; one `?` each (a poll reads at most BATCH ids)."""
+    if not ids:
+        return []
+    return conn.execute(f"{sql} ({', '.join('?' * len(ids))})", (*args, *sorted(ids))).fetchall()
 
 
 def read_current(conn: sqlite3.Connection, touched: Touched, backbone: str) -> Current:
     """The rows `touched` names, as they are now (photos and corrections of `backbone` only)."""
-    names = {row["id"]: row["name"] for row in conn.execute(
-        "SELECT id, name FROM people WHERE id IN (SELECT value FROM json_each(?))", (_ids(touched.people),))}
-    photos = {row["id"]: (row["person_id"], db.from_blob(row["embedding"])) for row in conn.execute(
-        "SELECT id, person_id, embedding FROM photos WHERE backbone = ? AND id IN (SELECT value FROM json_each(?))",
-        (backbone, _ids(touched.photos)))}
+    names = {row["id"]: row["name"] for row in _named(conn, "SELECT id, name FROM people WHERE id IN",
+                                                      touched.people)}
+    photos = {row["id"]: (row["person_id"], db.from_blob(row["embedding"])) for row in _named(
+        conn, "SELECT id, person_id, embedding FROM photos WHERE backbone = ? AND id IN", touched.photos, backbone)}
     return Current(
         names=names,
         gone=touched.people - set(names),
@@ -147,12 +151,9 @@ def apply(service: FaceService, current: Current) -> None:
 
 def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
     """Apply the changes after id `after`; returns the id applied up to."""
-    conn.execute("BEGIN")  # one read snapshot for the change rows and the rows they name
-    try:
+    with db.snapshot(conn):  # the change rows and the rows they name, as of one moment
         touched = read_touched(conn, after)
         current = None if touched.empty else read_current(conn, touched, service.backbone)
-    finally:
-        conn.execute("COMMIT")
     if current is not None:
         apply(service, current)
     return touched.last
@@ -160,8 +161,7 @@ def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
 
 def purge(conn: sqlite3.Connection, keep_s: float = KEEP_S) -> int:
     """Delete change rows older than keep_s seconds; returns how many."""
-    return conn.execute("DELETE FROM changes WHERE changed_at < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
-                        (f"-{int(keep_s)} seconds",)).rowcount
+    return conn.execute("DELETE FROM changes WHERE changed_at < ?", (db.utc_now(-int(keep_s)),)).rowcount
 
 
 class ChangePoller:
@@ -182,6 +182,7 @@ class ChangePoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._listener = None  # PostgreSQL: woken by the change log's NOTIFY instead of waiting out every_s
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="faces-changes", daemon=True)
@@ -206,14 +207,40 @@ class ChangePoller:
         except sqlite3.Error:
             self._conn.close()  # a fresh connection next time (the file may have been replaced)
             self._conn = None
+            self._drop_listener()
             raise
         self.polls += 1
         self._last_ok = time.monotonic()
         return self.applied
 
+    def _listen(self) -> None:
+        if self._listener is None and db.is_postgres(self.database):
+            from webapp import pg
+
+            self._listener = pg.Listener(self.database, db.PG_CHANGES_CHANNEL)
+
+    def _wait(self) -> bool:
+        """Until the next poll: every_s, or sooner when PostgreSQL notifies a change. False: stop.
+
+        Every poll catches up from `applied`, so a change committed while nobody listened waits at most every_s.
+        """
+        try:
+            self._listen()
+            if self._listener is not None:
+                self._listener.wait(self.every_s)
+                return not self._stop.is_set()
+        except sqlite3.Error:
+            self._drop_listener()  # the timer, until listening works again
+        return not self._stop.wait(self.every_s)
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def _run(self) -> None:
         next_purge = time.monotonic() + PURGE_EVERY_S
-        while not self._stop.wait(self.every_s):
+        while self._wait():
             service = self._service()
             if service is None:
                 break
@@ -233,6 +260,7 @@ class ChangePoller:
             del service  # held weakly between polls
         if self._conn is not None:
             self._conn.close()
+        self._drop_listener()
 
 
 def check(config) -> None:
@@ -246,8 +274,9 @@ def check(config) -> None:
 
 
 def shared(config) -> bool:
-    """Whether several processes share this data folder (FACES_PROCESSES above 1, or FACES_REDIS_URL set)."""
-    return config["PROCESSES"] > 1 or bool(config.get("REDIS_URL"))
+    """Whether several processes may share this store: FACES_PROCESSES above 1, FACES_REDIS_URL set, or PostgreSQL
+    (other machines may be using it)."""
+    return config["PROCESSES"] > 1 or bool(config.get("REDIS_URL")) or db.is_postgres(config["DATABASE"])
 
 
 def init_app(app: Flask, after: int) -> ChangePoller | None:

@@ -8,13 +8,14 @@ browser.
 
 from __future__ import annotations
 
+import sqlite3
 from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden, HTTPException
 
-from webapp.db import StoreError
+from webapp.db import StoreError, is_postgres
 from webapp.service import ModelNotReady
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -43,8 +44,16 @@ def check_origin() -> None:
         raise Forbidden("cross-site requests are not allowed")
 
 
+def database_down(exc: sqlite3.OperationalError):
+    """PostgreSQL went away mid-request: 503 and one log line. Its transaction died with the connection."""
+    current_app.logger.error("database unreachable on %s: %s", request.path, (str(exc).strip().splitlines() or [""])[0])
+    return error_response("the database is not answering; try again in a moment", 503)
+
+
 def init_app(app: Flask) -> None:
     app.before_request(check_origin)
+    if is_postgres(app.config["DATABASE"]):  # (SQLite's own errors stay what they are today)
+        app.register_error_handler(sqlite3.OperationalError, database_down)
 
     @app.errorhandler(StoreError)
     def store_error(exc: StoreError):

@@ -34,7 +34,7 @@ from typing import IO
 from flask import Blueprint, current_app, send_file
 
 from webapp import files, people_store
-from webapp.db import from_blob, get_db
+from webapp.db import from_blob, get_db, snapshot
 
 bp = Blueprint("export", __name__)
 
@@ -45,7 +45,7 @@ SPOOL_BYTES = 32 * 1024 * 1024  # zips up to this size stay in memory
 @bp.get("/people/<int:person_id>/export")
 def person(person_id: int):
     db = get_db()
-    with _snapshot(db):
+    with snapshot(db):
         people = [people_store.get_person(db, person_id)]
         return _send(db, people, f"faces-person-{person_id}.zip")
 
@@ -53,20 +53,10 @@ def person(person_id: int):
 @bp.get("/export")
 def gallery():
     db = get_db()
-    with _snapshot(db):
+    with snapshot(db):
         people = people_store.list_people(db)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         return _send(db, people, f"faces-gallery-{stamp}.zip")
-
-
-@contextmanager
-def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: every SELECT inside sees the same committed state."""
-    db.execute("BEGIN")
-    try:
-        yield db
-    finally:
-        db.execute("COMMIT")
 
 
 def _send(db: sqlite3.Connection, people: list[sqlite3.Row], download_name: str):

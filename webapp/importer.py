@@ -41,7 +41,7 @@ from model.images import ImageError, decode_image
 from webapp import files, people_store
 from webapp.archive import INDEX_NAME, MAX_PHOTOS, ArchiveError, Entry, EntryError, Source, open_source
 from webapp.corrections import load as load_corrections
-from webapp.db import InvalidName, to_blob, transaction
+from webapp.db import InvalidName, to_blob, transaction, utc_now
 from webapp.service import FaceService, ModelNotReady
 
 FORMAT_VERSION = 1  # of people.json (webapp/export.py)
@@ -320,10 +320,10 @@ class _Importer:
                 width, height = row.size
                 photo_id = self.db.execute(
                     "INSERT INTO photos (person_id, file, box, width, height, embedding, features, backbone, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))",
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (people[row.person], row.file, json.dumps(row.box), width, height, to_blob(row.embedding),
-                     to_blob(row.features), self.service.backbone, row.created_at),
-                ).lastrowid
+                     to_blob(row.features), self.service.backbone, row.created_at or utc_now()),
+                ).fetchone()[0]
                 photos.append((photo_id, people[row.person], row.embedding))
             for name, corrections in self.plan.corrections.items():
                 person_id = people.get(name) or self._person_id(name, create=False)
@@ -335,14 +335,14 @@ class _Importer:
 
     def _person_id(self, name: str, *, create: bool = True) -> int | None:
         """The person with this name (case-insensitive), created when missing unless create=False."""
-        found = self.db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+        found = self.db.execute("SELECT id FROM people WHERE lower(name) = lower(?)", (name,)).fetchone()
         if found is not None or not create:
             return None if found is None else found["id"]
         self.result.people_added += 1
         return self.db.execute(
-            "INSERT INTO people (name, created_at) VALUES (?, COALESCE(?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))",
-            (name, self.plan.created_at.get(name)),
-        ).lastrowid
+            "INSERT INTO people (name, created_at) VALUES (?, ?) RETURNING id",
+            (name, self.plan.created_at.get(name) or utc_now()),
+        ).fetchone()[0]
 
     def _correction(self, person_id: int, listed: dict) -> bool:
         """Store one of the export's corrections unless it is malformed or already there."""

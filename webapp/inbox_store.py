@@ -127,19 +127,19 @@ def save_unknown(db: sqlite3.Connection, data_dir: Path, face: UnknownFace, back
     path = Path(data_dir) / files.INBOX_DIR / file
     files.write_atomic(path, files.jpeg(crop, CROP_JPEG_QUALITY))
     try:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO unknown_faces (track_key, file, box, width, height, embedding, features, backbone, "
-            "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        added = db.execute(
+            "INSERT INTO unknown_faces (track_key, file, box, width, height, embedding, features, backbone, "
+            "seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (track_key) DO NOTHING RETURNING id",
             (face.track_key, file, json.dumps(box), int(crop.shape[1]), int(crop.shape[0]),
              to_blob(face.embedding), to_blob(face.features), backbone, utc(face.seen_at)),
-        )
+        ).fetchall()
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    if cursor.rowcount == 0:
+    if not added:  # its track has a face already
         path.unlink(missing_ok=True)
         return None
-    return cursor.lastrowid
+    return added[0][0]
 
 
 def write_sightings(db: sqlite3.Connection, sightings: list[Sighting]) -> None:
@@ -156,9 +156,9 @@ def write_sightings(db: sqlite3.Connection, sightings: list[Sighting]) -> None:
                     s.person_id, s.name = None, None  # deleted meanwhile: nothing of them stays
                 s.row_id = db.execute(
                     "INSERT INTO sightings (person_id, name, first_seen, last_seen, frames, best_similarity) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                     (s.person_id, s.name, utc(s.first_seen), *values),
-                ).lastrowid
+                ).fetchone()[0]
             else:
                 db.execute("UPDATE sightings SET last_seen = ?, frames = ?, best_similarity = ? WHERE id = ?",
                            (*values, s.row_id))

@@ -83,7 +83,7 @@ def split_photos(
     with transaction(db):
         people_store.check_name_free(db, name)
         _owners(db, photo_ids)
-        person_id = db.execute("INSERT INTO people (name) VALUES (?)", (name,)).lastrowid
+        person_id = db.execute("INSERT INTO people (name) VALUES (?) RETURNING id", (name,)).fetchone()[0]
         moved = _reassign(db, photo_ids, person_id, service.backbone)
     service.add_person(person_id, name)
     service.move_photos([(photo, person_id, embedding) for photo, embedding in moved])

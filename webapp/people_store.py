@@ -68,7 +68,7 @@ def clean_name(raw: object) -> str:
 
 def check_name_free(db: sqlite3.Connection, name: str, except_id: int | None = None) -> None:
     """:raises DuplicateName: someone else has this name (case-insensitive)."""
-    row = db.execute("SELECT id, name FROM people WHERE name = ?", (name,)).fetchone()
+    row = db.execute("SELECT id, name FROM people WHERE lower(name) = lower(?)", (name,)).fetchone()
     if row is not None and row["id"] != except_id:
         raise DuplicateName(f"there is already a person called {row['name']}")
 
@@ -83,7 +83,7 @@ def list_people(db: sqlite3.Connection) -> list[sqlite3.Row]:
         SELECT people.id, people.name, people.created_at,
                COUNT(photos.id) AS photo_count, MIN(photos.id) AS cover_photo_id
         FROM people LEFT JOIN photos ON photos.person_id = people.id
-        GROUP BY people.id ORDER BY people.name COLLATE NOCASE
+        GROUP BY people.id ORDER BY lower(people.name), people.id
         """
     ).fetchall()
 
@@ -206,7 +206,7 @@ def create_person(db: sqlite3.Connection, service: FaceService, raw_name: object
     name = clean_name(raw_name)
     with transaction(db):
         check_name_free(db, name)
-        person_id = db.execute("INSERT INTO people (name) VALUES (?)", (name,)).lastrowid
+        person_id = db.execute("INSERT INTO people (name) VALUES (?) RETURNING id", (name,)).fetchone()[0]
     service.add_person(person_id, name)
     return get_person(db, person_id)
 
@@ -253,9 +253,9 @@ def add_correction(
         get_person(db, person_id)
         correction_id = db.execute(
             "INSERT INTO corrections (photo_id, unknown_face_id, person_id, embedding, features, backbone, thumb) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (photo_id, unknown_face_id, person_id, to_blob(embedding), to_blob(features), backbone, thumb),
-        ).lastrowid
+        ).fetchone()[0]
     if service is not None and backbone == service.backbone:
         service.add_correction(correction_id, person_id, embedding)
     return correction_id
@@ -344,19 +344,19 @@ def store_candidates(
         with transaction(db):
             if person_id is None:
                 check_name_free(db, name)
-                person_id = db.execute("INSERT INTO people (name) VALUES (?)", (name,)).lastrowid
+                person_id = db.execute("INSERT INTO people (name) VALUES (?) RETURNING id", (name,)).fetchone()[0]
             else:
                 get_person(db, person_id)
             for candidate, file in zip(accepted, written):
                 width, height = candidate.size
                 photo_ids[id(candidate)] = db.execute(
                     "INSERT INTO photos (person_id, file, box, width, height, embedding, features, backbone, pose) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         person_id, file, json.dumps(candidate.box), width, height,
                         to_blob(candidate.embedding), to_blob(candidate.features), service.backbone, candidate.pose,
                     ),
-                ).lastrowid
+                ).fetchone()[0]
     except BaseException:
         _remove_photo_files(data_dir, written)
         raise

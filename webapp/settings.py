@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
         "database, photos, thumbnails and the secret key; created when missing",
     ),
     Setting("DATABASE", "FACES_DATABASE", None, str, "SQLite file (default: <data dir>/faces.db)"),
+    Setting(
+        "DATABASE_URL", "FACES_DATABASE_URL", None, str,
+        "PostgreSQL as the store instead of SQLite: postgresql://user:password@host:5432/dbname (photo files stay "
+        "in the data dir)",
+    ),
     Setting("BACKBONE", "FACES_BACKBONE", "dlib-sface", str,
             "feature network: dlib-resnet, sface, dlib-sface (both, fused) or vgg16-face"),
     Setting("DETECTOR", "FACES_DETECTOR", "yunet", str,

@@ -17,6 +17,7 @@ from web_helpers import ENROLLED, PROJECT_DIR, TEST_PASSWORD, TEST_THRESHOLD
 
 sys.path.insert(0, str(PROJECT_DIR / "scripts"))
 from cluster import Cluster, get_json  # noqa: E402
+from private_postgres import MISSING as POSTGRES_MISSING  # noqa: E402
 
 # The model the other server.py tests use (HOG + dlib-resnet, pinned threshold), the test password, and
 # every live connection let in whatever this machine's speed (admission has tests of its own).
@@ -36,9 +37,12 @@ def need_services() -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian packages; ./test.sh installs them)")
 
 
-def start_cluster(run_dir: Path, processes: int = 2) -> Cluster:
+def start_cluster(run_dir: Path, processes: int = 2, *, postgres: bool = False) -> Cluster:
+    """scripts/cluster.py's processes (postgres=True: on a private PostgreSQL, as --postgres starts them)."""
     need_services()
-    return Cluster(processes=processes, run_dir=run_dir, env=TEST_ENV, workers=1).start()
+    if postgres and POSTGRES_MISSING:
+        pytest.skip(POSTGRES_MISSING)
+    return Cluster(processes=processes, run_dir=run_dir, env=TEST_ENV, workers=1, postgres=postgres).start()
 
 
 def wait_for(done: Callable[[], bool], timeout: float, every: float = 0.02) -> float | None:

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from pg_helpers import MISSING as POSTGRES_MISSING
+from pg_helpers import SessionPostgres
 from web_helpers import PROJECT_DIR, TEST_THRESHOLD, log_in, prepare_data_dir
 
 from fakes import fake_recognizer
@@ -29,13 +31,49 @@ def web_recognizer(request) -> Recognizer:
     return fake_recognizer(threshold=TEST_THRESHOLD)
 
 
+def pytest_generate_tests(metafunc):
+    """Tests marked `both_engines` run on SQLite and on PostgreSQL (the `engine` fixture)."""
+    if "engine" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_engines"):
+        metafunc.parametrize("engine", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the session (skipped when Debian's postgresql is not installed)."""
+    if POSTGRES_MISSING:
+        pytest.skip(POSTGRES_MISSING)
+    server = SessionPostgres().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def app(tmp_path, web_recognizer):
-    """An app whose admin password is web_helpers.TEST_PASSWORD, on the fakes unless the test is marked `dlib`."""
+def engine(request) -> str:
+    """The database engine of the test's app: "sqlite" unless the test is marked `both_engines`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(engine, request) -> str | None:
+    """None (SQLite in the data dir), or a fresh database on the session's PostgreSQL."""
+    if engine == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def app(tmp_path, web_recognizer, database_url):
+    """An app whose admin password is web_helpers.TEST_PASSWORD, on the fakes unless the test is marked `dlib`.
+
+    On SQLite, or on PostgreSQL for tests marked `both_engines`.
+    """
     data_dir = prepare_data_dir(tmp_path / "data")
-    app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": web_recognizer})
+    app = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "test", "RECOGNIZER": web_recognizer,
+                      "DATABASE_URL": database_url})
     app.extensions["faces"].wait_ready()
-    return app
+    yield app
+    if "changes" in app.extensions:  # PostgreSQL: its poller's connections end with the test
+        app.extensions["changes"].stop()
 
 
 @pytest.fixture

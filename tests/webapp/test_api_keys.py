@@ -11,6 +11,8 @@ from web_helpers import TEST_PASSWORD
 
 from webapp.db import connect
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 def make_key(client, name="script", scopes=("read",)) -> dict:
     answer = client.post("/api/keys", json={"name": name, "scopes": list(scopes)})

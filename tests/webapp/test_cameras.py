@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,9 @@ from web_helpers import (
 
 from fakes import fake_recognizer
 from webapp import create_app
+from webapp import db as app_db
+
+pytestmark = pytest.mark.both_engines  # the camera store and what cameras write, on SQLite and PostgreSQL
 
 BOUNDARY = "faceframe"
 WAIT_S = 15.0
@@ -141,10 +143,10 @@ def videos(tmp_path) -> Path:
 
 
 @pytest.fixture
-def camera_app(tmp_path, videos):
+def camera_app(tmp_path, videos, database_url):
     """An app on the fake models with fast camera timings; video files may be cameras from `videos`."""
     app = make_camera_app(prepare_data_dir(tmp_path / "data"), fake_recognizer(threshold=TEST_THRESHOLD),
-                          CAMERA_FILE_DIRS=str(videos))
+                          CAMERA_FILE_DIRS=str(videos), DATABASE_URL=database_url)
     yield app
     app.extensions["cameras"].stop()
 
@@ -202,8 +204,11 @@ def named(api, camera_id: int, name: str | None):
 
 
 def sightings(app) -> list[tuple]:
-    with sqlite3.connect(app.config["DATABASE"]) as db:
-        return db.execute("SELECT name, person_id, frames FROM sightings").fetchall()
+    conn = app_db.connect(app.config["DATABASE"])
+    try:
+        return [tuple(row) for row in conn.execute("SELECT name, person_id, frames FROM sightings")]
+    finally:
+        conn.close()
 
 
 # --- the API: what may be added -----------------------------------------------------------------
@@ -297,8 +302,11 @@ def test_a_stranger_on_a_camera_is_unknown_and_goes_to_the_inbox(camera_app, api
     wait_for(lambda: named(api, camera["id"], None))
 
     def inbox_faces():
-        with sqlite3.connect(camera_app.config["DATABASE"]) as db:
-            return db.execute("SELECT COUNT(*) FROM unknown_faces").fetchone()[0]
+        conn = app_db.connect(camera_app.config["DATABASE"])
+        try:
+            return conn.execute("SELECT COUNT(*) FROM unknown_faces").fetchone()[0]
+        finally:
+            conn.close()
 
     assert wait_for(inbox_faces) == 1  # one face per track, not per frame
     assert not [row for row in sightings(camera_app) if row[0] == "Ada"]
@@ -438,7 +446,8 @@ def test_cameras_are_started_again_when_the_app_starts(tmp_path, enrolled_frame,
     server = stream(enrolled_frame)
     add(api, "Kept", server.url())
     camera_app.extensions["cameras"].stop()
-    again = make_camera_app(camera_app.config["DATA_DIR"], fake_recognizer(threshold=TEST_THRESHOLD))
+    again = make_camera_app(camera_app.config["DATA_DIR"], fake_recognizer(threshold=TEST_THRESHOLD),
+                            DATABASE_URL=camera_app.config["DATABASE_URL"])
     try:
         client = log_in(again.test_client())
         [camera] = client.get("/api/cameras").get_json()["cameras"]

@@ -14,6 +14,8 @@ from fakes import fake_recognizer
 from webapp import create_app
 from webapp import db as app_db
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def ada(client, photo):
@@ -99,9 +101,10 @@ LOOKALIKE = (STRANGER, 7)
 
 
 @pytest.fixture
-def lenient(tmp_path):
+def lenient(tmp_path, database_url):
     """(app, client): an app on the fakes at a threshold that takes the stranger for Ada, Ada enrolled (photos 1-3)."""
     app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "SECRET_KEY": "test",
+                      "DATABASE_URL": database_url,
                       "RECOGNIZER": fake_recognizer(threshold=LENIENT)})
     app.extensions["faces"].wait_ready()
     return app, log_in(app.test_client())
@@ -172,7 +175,8 @@ def test_corrections_are_matched_after_a_restart_and_follow_a_merge(lenient, pho
     ada = _enroll_ada(client, photo)
     lookalike = on_background(photo(*LOOKALIKE)[1])
     assert _not_ada(client, ada, lookalike).status_code == 201
-    again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "SECRET_KEY": "test",
+    again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"],
+                        "DATABASE_URL": app.config["DATABASE_URL"], "SECRET_KEY": "test",
                         "RECOGNIZER": fake_recognizer(threshold=LENIENT)})
     again.extensions["faces"].wait_ready()
     restarted = log_in(again.test_client())

@@ -15,6 +15,8 @@ from webapp import create_app, people_store
 from webapp.db import from_blob
 from webapp.db import connect
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 # What the data dir holds besides people's data.
 # The app's own files; the two locks are empty (processes sharing the folder take turns on them).
 INSTANCE_FILES = {"faces.db", "faces.db-wal", "faces.db-shm", "secret_key", "admin_password", "sessions",
@@ -117,14 +119,16 @@ def test_deleting_a_person_leaves_nothing_of_them_in_the_data_folder(app, client
     assert image_files == {f"{folder}/{file}" for folder in ("photos", "thumbs") for file in bob_files}
     assert set(files) - image_files <= INSTANCE_FILES
     everything = b"".join(files.values())
-    for row in ada_rows:  # not in any file: rows are zeroed (secure_delete) and the WAL emptied
+    for row in ada_rows:  # not in any file of the data folder: SQLite zeroes rows (secure_delete), empties the WAL
+        # (PostgreSQL keeps its rows elsewhere: README, "What stays on disk after a delete")
         assert row["file"].encode() not in everything
         assert row["embedding"] not in everything and row["features"][:64] not in everything
     assert "Ada Lovelace".encode() not in everything
 
     # The in-memory gallery, and one rebuilt from the database, hold Bob alone.
     assert len(service.gallery) == 2 and ada["id"] not in service.names
-    again = create_app({"TESTING": True, "DATA_DIR": data_dir, "RECOGNIZER": web_recognizer})
+    again = create_app({"TESTING": True, "DATA_DIR": data_dir, "DATABASE_URL": app.config["DATABASE_URL"],
+                        "RECOGNIZER": web_recognizer})
     assert len(again.extensions["faces"].gallery) == 2 and set(again.extensions["faces"].names) == {bob["id"], two[2]["id"]}
     people = log_in(again.test_client()).get("/api/people").get_json()["people"]
     assert [p["name"] for p in people] == ["Bob <b>", "Cy"]

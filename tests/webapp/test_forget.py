@@ -3,6 +3,8 @@ the data folder is for its owner alone."""
 
 from __future__ import annotations
 
+import pytest
+
 import stat
 import time
 
@@ -13,6 +15,8 @@ from model.images import load_image
 from webapp import inbox_store
 from webapp.db import connect
 from webapp.inbox_store import Sighting, UnknownFace
+
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
 
 
 def _face(app, path):

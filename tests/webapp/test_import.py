@@ -22,6 +22,8 @@ from webapp import archive, create_app, importer
 from webapp.db import connect, from_blob
 from webapp.service import ModelNotReady
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 def zip_of(entries: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     out = io.BytesIO()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from web_helpers import ENROLLED, STRANGER, enroll_json, webcam_frame
 
 from model.images import load_image
@@ -16,6 +16,8 @@ from webapp import create_app, files, inbox_store
 from webapp.db import connect
 from webapp.inbox_store import Archive, Sighting, UnknownFace
 from webapp.live_stream import LiveStream
+
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
 
 DAY = 86400
 STRANGERS = ["celeb_7210", "celeb_7215"]  # never enrolled
@@ -173,9 +175,12 @@ def test_retention_purge_deletes_old_rows_and_files(app, tmp_path, web_recognize
     assert not set(old[STRANGERS[0]]) & {r["id"] for r in conn.execute("SELECT id FROM unknown_faces")}
 
     # At start the app purges with its settings, and sweeps inbox files without rows.
-    (Path(app.config["DATA_DIR"]) / files.INBOX_DIR / "stray.jpg").write_bytes(b"x")
-    create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "SECRET_KEY": "test",
-                "RECOGNIZER": web_recognizer, "INBOX_RETENTION_DAYS": 0.5, "HISTORY_RETENTION_DAYS": 1})
+    stray = Path(app.config["DATA_DIR"]) / files.INBOX_DIR / "stray.jpg"
+    stray.write_bytes(b"x")
+    os.utime(stray, (now - 2 * 3600, now - 2 * 3600))  # PostgreSQL is shared: the sweep spares files under an hour
+    create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "DATABASE_URL": app.config["DATABASE_URL"],
+                "SECRET_KEY": "test", "RECOGNIZER": web_recognizer, "INBOX_RETENTION_DAYS": 0.5,
+                "HISTORY_RETENTION_DAYS": 1})
     assert conn.execute("SELECT COUNT(*) FROM unknown_faces").fetchone()[0] == 0
     assert conn.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] == 0
     assert _inbox_files(app) == []

@@ -9,6 +9,8 @@ from web_helpers import ENROLLED, STRANGER, enroll_json
 from webapp import create_app, inbox_store, people_store
 from webapp import db as app_db
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def people(client, photo):
@@ -51,7 +53,8 @@ def assert_gallery_matches_rows(app, web_recognizer) -> None:
     probes = np.stack(stored + list(np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)))
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     live = app.extensions["faces"]
-    fresh = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "RECOGNIZER": web_recognizer})
+    fresh = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"],
+                        "DATABASE_URL": app.config["DATABASE_URL"], "RECOGNIZER": web_recognizer})
     again = fresh.extensions["faces"]
     assert live.names == again.names and len(live.gallery) == len(again.gallery)
     assert live.gallery.person_ids == again.gallery.person_ids

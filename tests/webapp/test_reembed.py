@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fakes import FakeBackbone, FakeDetector
 from web_helpers import ENROLLED, TEST_THRESHOLD, enroll_json, files_field, log_in, prepare_data_dir
 
 from model.recognizer import Recognizer
 from webapp import create_app
 from webapp.db import connect
+
+pytestmark = pytest.mark.both_engines  # the re-embedding's reads and writes on SQLite and PostgreSQL
 
 
 class OldBackbone(FakeBackbone):
@@ -32,9 +35,10 @@ def wait_done(app, timeout_s: float = 30) -> dict:
     return app.extensions["reembed"].progress
 
 
-def test_photos_of_another_backbone_are_embedded_again_in_the_background(tmp_path, photo):
+def test_photos_of_another_backbone_are_embedded_again_in_the_background(tmp_path, photo, database_url):
     data_dir = prepare_data_dir(tmp_path / "data")
-    old = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "t", "RECOGNIZER": recognizer(OldBackbone())})
+    base = {"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "t", "DATABASE_URL": database_url}
+    old = create_app({**base, "RECOGNIZER": recognizer(OldBackbone())})
     old.extensions["faces"].wait_ready()
     client = log_in(old.test_client())
     assert enroll_json(client, "Ada", [photo(ENROLLED, i) for i in (1, 2)]).status_code == 201
@@ -42,7 +46,7 @@ def test_photos_of_another_backbone_are_embedded_again_in_the_background(tmp_pat
     before = conn.execute("SELECT id, features FROM photos ORDER BY id").fetchall()
     conn.close()
 
-    new = create_app({"TESTING": True, "DATA_DIR": data_dir, "SECRET_KEY": "t", "RECOGNIZER": recognizer(FakeBackbone())})
+    new = create_app({**base, "RECOGNIZER": recognizer(FakeBackbone())})
     progress = wait_done(new)
     assert progress == {"state": "done", "done": 2, "total": 2, "failed": 0}
     conn = connect(new.config["DATABASE"])

@@ -12,6 +12,8 @@ from fakes import fake_recognizer
 from model.gallery import OpenSetRule
 from webapp import create_app, strictness
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 def clusters(people: int, photos: int, spread: float, seed: int = 0, dim: int = 32):
     """Unit vectors: `photos` per person around a random centre, noise `spread`; and person ids."""
@@ -84,9 +86,10 @@ def test_bad_strictness_values_are_refused(raw):
 
 
 @pytest.fixture
-def loose_app(tmp_path):
+def loose_app(tmp_path, database_url):
     """An app on the fakes with no fixed threshold, so strictness applies."""
     app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "data"), "SECRET_KEY": "test",
+                      "DATABASE_URL": database_url,
                       "RECOGNIZER": fake_recognizer()})
     app.extensions["faces"].wait_ready()
     return app
@@ -121,7 +124,8 @@ def test_the_outlook_comes_from_the_gallery_and_a_choice_applies_at_once(loose_a
     client.put("/api/strictness", json={"strictness": 0.3})
     assert client.get("/api/strictness").get_json()["strictness"] == 0.3
 
-    again = create_app({"TESTING": True, "DATA_DIR": loose_app.config["DATA_DIR"], "SECRET_KEY": "test",
+    again = create_app({"TESTING": True, "DATA_DIR": loose_app.config["DATA_DIR"],
+                        "DATABASE_URL": loose_app.config["DATABASE_URL"], "SECRET_KEY": "test",
                         "RECOGNIZER": fake_recognizer()})
     assert again.extensions["faces"].recognizer.strictness == 0.3  # kept in the database over a restart
 

@@ -9,6 +9,8 @@ from web_helpers import ENROLLED, STRANGER, enroll_json, files_field, log_in, pr
 
 from webapp import create_app
 
+pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL
+
 
 def add_photos(client, person_id: int, files, **extra):
     return client.post(f"/api/people/{person_id}/photos", data={**files_field(files), **extra})
@@ -214,7 +216,8 @@ def test_stored_photos_are_reencoded_without_metadata(app, client, photo, enroll
 
 @pytest.mark.dlib  # another photo of the person is named: the real model's decision
 def test_the_gallery_is_loaded_from_the_database_at_start(app, client, photo, enrolled, web_recognizer):
-    again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"], "RECOGNIZER": web_recognizer})
+    again = create_app({"TESTING": True, "DATA_DIR": app.config["DATA_DIR"],
+                        "DATABASE_URL": app.config["DATABASE_URL"], "RECOGNIZER": web_recognizer})
     service = again.extensions["faces"]
     assert len(service.gallery) == 3 and service.names == {enrolled["id"]: "Ada"}
     [face] = recognize(log_in(again.test_client()), *photo(ENROLLED, 11)).get_json()["faces"]
