@@ -118,3 +118,28 @@ def test_the_pool_setting_is_checked_and_a_given_recognizer_means_threads(tmp_pa
     app = create_app({"TESTING": True, "DATA_DIR": prepare_data_dir(tmp_path / "b"), "SECRET_KEY": "t",
                       "RECOGNIZER": fake_recognizer(), "LIVE_POOL": "processes"})
     assert app.extensions["live"].worker_pids == []  # threads: nothing to spawn
+
+
+@pytest.mark.slow
+@pytest.mark.dlib
+def test_worker_processes_follow_a_postgresql_store(tmp_path, postgres, celeba_dir):
+    """FACES_DATABASE_URL: the workers read the gallery and its changes from PostgreSQL too."""
+    url = postgres.new_database()
+    process, base, log_path = start_server(prepare_data_dir(tmp_path / "data"),
+                                           extra_env={"FACES_DATABASE_URL": url, "FACES_LIVE_WORKERS": "1"})
+    client = None
+    try:
+        session = server_session(base)
+        ada = session.post(f"{base}/api/people", json={"name": "Ada"}, timeout=10).json()
+        photos = [("photos", (p.name, p.read_bytes(), "image/jpeg"))
+                  for p in (celeba_dir / ENROLLED / f"{ENROLLED}_{i:04d}.jpg" for i in (1, 2, 3))]
+        assert session.post(f"{base}/api/people/{ada['id']}/photos", files=photos, timeout=60).status_code == 200
+        client = LiveClient(base, answer_timeout_s=60)
+        frame = frame_of(celeba_dir, ENROLLED, 10)
+        assert names(client, frame) == ["Ada"], log_path.read_text()[-3000:]
+        assert session.patch(f"{base}/api/people/{ada['id']}", json={"name": "Ada L."}, timeout=10).ok
+        assert names(client, frame) == ["Ada L."]
+    finally:
+        if client is not None:
+            client.close()
+        stop_server(process)
