@@ -259,11 +259,6 @@ class LiveFrames:
         for index in range(self.workers):
             self.server.start_background_task(self._run, index)
 
-    def stop(self) -> None:
-        """Stop the worker processes (threads are daemons and end with the server)."""
-        for process in self._processes or []:
-            process.stop()
-
     @property
     def worker_pids(self) -> list[int]:
         return [process.pid for process in self._processes or []]
@@ -413,5 +408,6 @@ def _worker_spec(config, tracker_options: dict, events: bool) -> WorkerSpec | No
     if pool == "threads" or config.get("RECOGNIZER") is not None:
         return None
     plain = {setting.key: config[setting.key] for setting in settings.SETTINGS}
-    plain.update(DATABASE=config["DATABASE"], DATA_DIR=str(config["DATA_DIR"]), MAX_FRAME_BYTES=config["MAX_FRAME_BYTES"])
-    return WorkerSpec(plain, dict(tracker_options), config["LIVE_UNKNOWN_FRAMES"], archive=True, events=events)
+    plain.update(DATABASE=config["DATABASE"], DATA_DIR=str(config["DATA_DIR"]),
+                 MAX_FRAME_BYTES=config["MAX_FRAME_BYTES"])
+    return WorkerSpec(plain, dict(tracker_options), events)

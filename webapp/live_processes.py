@@ -18,16 +18,19 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from webapp import changes
+from webapp.inbox_store import Archive
+from webapp.live_stream import LiveStream
+
 log = logging.getLogger(__name__)
 
-# What the child's gallery lags behind the parent's at most, for changes the parent's version does not see.
-DEFAULT_POLL_S = 0.5
 LOST_FRAME_ERROR = "the server could not process this frame"
 
 
@@ -37,8 +40,6 @@ class WorkerSpec:
 
     config: dict[str, Any]
     tracker_options: dict[str, Any]
-    unknown_frames: int
-    archive: bool
     events: bool  # whether track events are made (a sink is configured in the parent)
 
 
@@ -52,7 +53,6 @@ class LiveProcess:
 
     def __init__(self, spec: WorkerSpec, index: int, head_version: int = 0):
         self.spec, self.index = spec, index
-        self.restarts = 0
         self._lock = threading.Lock()
         self._head_version = head_version
         self._start()
@@ -87,17 +87,6 @@ class LiveProcess:
         with self._lock:
             self._call(("close", sid))
 
-    def stop(self) -> None:
-        with self._lock:
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self._process.join(5)
-            if self._process.is_alive():
-                self._process.kill()
-            self._conn.close()
-
     def _call(self, message: tuple) -> Any:
         """Send one message and wait for its reply; None when the child died (it is started again)."""
         try:
@@ -115,7 +104,6 @@ class LiveProcess:
         if self._process.is_alive():
             self._process.kill()
         self._process.join(5)
-        self.restarts += 1
         self._start()
 
 
@@ -146,25 +134,22 @@ class _Worker:
     """The child's service, archive and streams."""
 
     def __init__(self, spec: WorkerSpec):
-        from webapp import build_face_service, changes
-        from webapp.inbox_store import Archive
+        from webapp import build_face_service  # the package imports this module: not at the top
 
         config = spec.config
         self.spec = spec
-        self.database = config["DATABASE"]
-        self.applied = changes.newest_in(self.database)  # before the load: later changes are caught up
+        after = changes.newest_in(config["DATABASE"])  # before the load: changes during it are caught up
         self.service = build_face_service(config)
         self.service.start_loading()
-        self.archive = Archive(
-            self.database, config["DATA_DIR"], self.service.backbone,
-            inbox_days=config["INBOX_RETENTION_DAYS"], history_days=config["HISTORY_RETENTION_DAYS"],
-        ) if spec.archive else None
-        self.poll_s = config.get("CHANGES_POLL_S") or DEFAULT_POLL_S
+        # The change log's reader, without its thread: the frames say when to read it (see _follow).
+        self.changes = changes.ChangePoller(config["DATABASE"], self.service, after=after,
+                                            every_s=config["CHANGES_POLL_S"])
+        self.archive = Archive(config["DATABASE"], config["DATA_DIR"], self.service.backbone,
+                               inbox_days=config["INBOX_RETENTION_DAYS"], history_days=config["HISTORY_RETENTION_DAYS"])
         self.parent_version: int | None = None
         self.caught_up_at = time.monotonic()
-        self.streams: dict[str, Any] = {}
+        self.streams: dict[str, LiveStream] = {}
         self.events: list[dict] = []
-        self._conn = None
 
     def answer(self, sid: str, frame_id: int, data: bytes, arrived: float, version: int):
         self._follow(version)
@@ -182,41 +167,29 @@ class _Worker:
         for sid in list(self.streams):
             self.close(sid)
 
-    def _open(self, sid: str):
-        from webapp.live_stream import LiveStream
-
-        spec = self.spec
-        stream = LiveStream(self.service, self.archive, unknown_frames=spec.unknown_frames,
-                            max_frame_bytes=spec.config["MAX_FRAME_BYTES"], tracker_options=spec.tracker_options,
-                            on_event=self.events_sink if spec.events else None)
+    def _open(self, sid: str) -> LiveStream:
+        config = self.spec.config
+        stream = LiveStream(self.service, self.archive, unknown_frames=config["LIVE_UNKNOWN_FRAMES"],
+                            max_frame_bytes=config["MAX_FRAME_BYTES"], tracker_options=self.spec.tracker_options,
+                            on_event=self.events.append if self.spec.events else None)
         self.streams[sid] = stream
         return stream
 
-    def events_sink(self, event: dict) -> None:
-        self.events.append(event)
-
     def _follow(self, version: int) -> None:
-        """Catch the gallery up when the parent's changed, or every poll_s (changes of other processes)."""
-        from webapp import changes, db
-
+        """Catch the gallery up when the parent's changed, or every FACES_CHANGES_POLL_S (other processes')."""
         now = time.monotonic()
-        if version == self.parent_version and now - self.caught_up_at < self.poll_s:
+        if version == self.parent_version and now - self.caught_up_at < self.changes.every_s:
             return
         try:
-            if self._conn is None:
-                self._conn = db.connect(self.database)
-            self.applied = changes.catch_up(self._conn, self.service, self.applied)
-        except Exception:
-            log.exception("live worker: could not read the gallery's changes; trying again on the next frame")
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
+            self.changes.poll(self.service)
+        except sqlite3.Error as exc:  # PostgreSQL's errors come as sqlite3's too (webapp/pg.py)
+            log.error("live worker: could not read the gallery's changes (%s); trying again on the next frame", exc)
             return
         self.parent_version, self.caught_up_at = version, now
 
 
 def serve(conn, spec: WorkerSpec) -> None:
-    """The child's loop: answer ("frame", ...) and ("close", sid) messages until ("stop",) or the parent is gone."""
+    """The child's loop: answer ("frame", ...) and ("close", sid) messages until the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     worker = _Worker(spec)
@@ -225,8 +198,6 @@ def serve(conn, spec: WorkerSpec) -> None:
         try:
             message = conn.recv()
         except (EOFError, OSError):  # the parent is gone
-            break
-        if message[0] == "stop":
             break
         conn.send(handlers[message[0]](*message[1:]))
     worker.close_all()
