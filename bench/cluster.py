@@ -1,7 +1,7 @@
 """Benchmark several app processes behind HAProxy (scripts/cluster.py): change propagation, fps, a kill -9.
 
-    python bench/cluster.py [--runs 20] [--clients 4] [--fps 10] [--seconds 15] [--no-pin]
-                            [--kill-clients 2] [--kill-fps 4] [--parts poll,propagation,fps,kill]
+    python bench/cluster.py [--runs 20] [--clients 4] [--fps 10] [--seconds 15] [--no-pin] [--postgres]
+                            [--kill-clients 2] [--kill-fps 4] [--parts poll,propagation,fps,redis,postgres,kill]
 
 1. The change poller's own cost, in this process: one poll that finds nothing, and one that applies an
    enrollment (1 person, 3 photos), on a database of 1,000 people and 3,000 photos.
@@ -16,10 +16,16 @@
    time from the kill to its next answer (it reconnects through HAProxy, as the live page does); frames
    sent and never answered, and camera frames it could not send while it had no connection. Meanwhile
    one person a second is enrolled through HAProxy: every enrollment answered 200 must be in the
-   database afterwards (photos_missing), and SQLite's integrity check must pass.
+   database afterwards (photos_missing), and SQLite's integrity check must pass (PostgreSQL: no photo
+   without its person).
+5. The same cameras and enrollments while Redis is stopped ("redis"), or the PostgreSQL server is restarted
+   ("postgres", with --postgres): each camera's longest wait for an answer, its fps after the fault, the
+   first enrollment answered after it, nothing missing, and no app process restarted.
 
+--postgres runs everything on a private PostgreSQL store instead of SQLite in the data folder.
 The machine is shared: figures vary with what else runs (the load average is in the JSON). Prints
-figures, then one JSON line: poll, propagation, fps (one object per run), kill, load_avg, cores.
+figures, then one JSON line: poll, propagation, fps (one object per run), redis, postgres, kill, load_avg,
+cores.
 """
 
 from __future__ import annotations
@@ -208,6 +214,7 @@ class Reconnecting(live.Client):
         self.dropped_at: float | None = None
         self.back_at: float | None = None  # the first answer after the drop
         self.unsent = 0  # camera frames it could not send while it had no connection
+        self.answered_at: list[float] = []
         self.sio.on("disconnect", self._on_drop, namespace="/live")
         self.sio.on("connect", self._on_back, namespace="/live")
         send = self.sio.emit
@@ -231,17 +238,21 @@ class Reconnecting(live.Client):
         self._answered.set()
 
     def _on_faces(self, data: dict) -> None:
+        now = time.perf_counter()
         if self.dropped_at is not None and self.back_at is None:
-            self.back_at = time.perf_counter()
+            self.back_at = now
+        self.answered_at.append(now)
         super()._on_faces(data)
 
 
-def keep_enrolling(url: str, seconds: float, counts: dict) -> None:
+def keep_enrolling(url: str, seconds: float, counts: dict, accepted_at: list | None = None) -> None:
     """Enroll one CelebA photo a second through HAProxy for `seconds`; count the answers 200 and the others.
 
     Every photo answered 200 must be in the database afterwards, whichever process took it.
     """
     import requests
+
+    accepted_at = [] if accepted_at is None else accepted_at
 
     folders = sorted(p for p in (FACES_DIR / "celeba").iterdir() if p.is_dir())[100:]
     session, started = live.login(url), time.perf_counter()
@@ -256,12 +267,23 @@ def keep_enrolling(url: str, seconds: float, counts: dict) -> None:
                                   files=[("photos", (photo.name, photo.read_bytes(), "image/jpeg"))])
             key = "accepted" if answer.status_code == 200 else "failed"  # one photo: 200 means it was stored
             counts[key] += 1
+            if key == "accepted":
+                accepted_at.append(time.perf_counter())
         except (requests.RequestException, ValueError, KeyError):
             counts["failed"] += 1
 
 
-def integrity(database: Path) -> tuple[int, str]:
-    conn = sqlite3.connect(database)
+def integrity(cluster: Cluster) -> tuple[int, str]:
+    """Photos in the store, and SQLite's integrity check (PostgreSQL: photos whose person is gone, as text)."""
+    if cluster.pg is not None:
+        import psycopg
+
+        with psycopg.connect(cluster.env["FACES_DATABASE_URL"]) as conn:
+            photos = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+            orphans = conn.execute("SELECT COUNT(*) FROM photos WHERE person_id NOT IN "
+                                   "(SELECT id FROM people)").fetchone()[0]
+            return photos, "ok" if orphans == 0 else f"{orphans} photos without a person"
+    conn = sqlite3.connect(cluster.data_dir / "faces.db")
     try:
         return conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0], conn.execute(
             "PRAGMA integrity_check").fetchone()[0]
@@ -269,13 +291,18 @@ def integrity(database: Path) -> tuple[int, str]:
         conn.close()
 
 
-def kill_one(cluster: Cluster, args, frames) -> dict:
-    before = integrity(cluster.data_dir / "faces.db")
+def cameras_through_haproxy(cluster: Cluster, args, frames) -> list:
     clients = []
     for i in range(args.kill_clients):
         session = live.login(cluster.url)
         clients.append(Reconnecting(cluster.url, frames, args.kill_fps, live.cookie_header(session),
                                     offset=live.CAMERA_OFFSET * i, phase=i / args.kill_clients / args.kill_fps))
+    return clients
+
+
+def kill_one(cluster: Cluster, args, frames) -> dict:
+    before = integrity(cluster)
+    clients = cameras_through_haproxy(cluster, args, frames)
     seconds = KILL_AFTER_S + AFTER_KILL_S
     enrolled = {"accepted": 0, "failed": 0}
     threads = [threading.Thread(target=c.run, args=(seconds,)) for c in clients]
@@ -297,13 +324,59 @@ def kill_one(cluster: Cluster, args, frames) -> dict:
     # Frames sent from just before the kill until the last client was answered again, never answered (the
     # dead process had them), and camera frames not sent meanwhile (no connection).
     lost = sum(1 for c in held for sent in c.sent_at.values() if killed - 1.0 <= sent <= until)
-    after = integrity(cluster.data_dir / "faces.db")
+    after = integrity(cluster)
     return {"clients": len(clients), "clients_on_killed": len(held), "answered_again": len(back),
             "answered_again_p50_s": percentile(back, 50), "answered_again_max_s": percentile(back, 100),
             "frames_lost": lost, "frames_not_sent": sum(c.unsent for c in held), "photos_before": before[0],
             "photos_after": after[0], "integrity": after[1], "enrollments_meanwhile": enrolled,
             "photos_missing": enrolled["accepted"] - (after[0] - before[0]),
             "client_fps": args.kill_fps, "busy_after": [c.busy for c in held]}  # the survivor's admission said
+
+
+# --- 5. Redis stopped, PostgreSQL restarted ------------------------------------------------------------------
+
+
+def outage(cluster: Cluster, args, frames, what: str) -> dict:
+    """Stop Redis ("redis") or restart PostgreSQL ("postgres") while cameras stream and people are enrolled.
+
+    Per camera: the longest wait between two answers around the fault and the answered fps after it; the
+    enrollments answered 200 must all be in the store; no app process may have exited or been restarted.
+    """
+    pids, before = [app.process.pid for app in cluster.apps], integrity(cluster)
+    clients = cameras_through_haproxy(cluster, args, frames)
+    seconds = KILL_AFTER_S + AFTER_KILL_S
+    enrolled, accepted_at = {"accepted": 0, "failed": 0}, []
+    threads = [threading.Thread(target=c.run, args=(seconds,)) for c in clients]
+    threads.append(threading.Thread(target=keep_enrolling, args=(cluster.url, seconds, enrolled, accepted_at)))
+    for t in threads:
+        t.start()
+    time.sleep(KILL_AFTER_S)
+    faulted = time.perf_counter()
+    if what == "redis":
+        cluster.stop_redis()
+    else:
+        cluster.pg.restart()  # pg_ctl restart -m fast: every connection is cut
+    back = time.perf_counter()
+    for t in threads:
+        t.join()
+    ended = time.perf_counter()
+    for c in clients:
+        c.close()
+    gaps = [max(np.diff([faulted - 0.001] + [t for t in c.answered_at if t >= faulted] + [ended]))
+            for c in clients]
+    after = integrity(cluster)
+    first_enrolled = min((t for t in accepted_at if t >= back), default=None)
+    result = {"fault": what, "fault_took_s": round(back - faulted, 2), "clients": len(clients),
+              "longest_gap_s": round(float(max(gaps)), 2),
+              "fps_after": [round(sum(t >= back for t in c.answered_at) / (ended - back), 1) for c in clients],
+              "errors": sum(c.errors for c in clients), "enrollments_meanwhile": enrolled,
+              "first_enrollment_after_s": None if first_enrolled is None else round(first_enrolled - back, 2),
+              "photos_missing": enrolled["accepted"] - (after[0] - before[0]), "integrity": after[1],
+              "processes_exited": sum(app.process.poll() is not None for app in cluster.apps),
+              "pids_unchanged": pids == [app.process.pid for app in cluster.apps]}
+    if what == "redis":
+        cluster.start_redis()  # on the same port: the processes reconnect
+    return result
 
 
 def main() -> dict:
@@ -317,7 +390,9 @@ def main() -> dict:
     # newcomers waiting, "server full", which is what it should do but not what this measures).
     parser.add_argument("--kill-clients", type=int, default=2)
     parser.add_argument("--kill-fps", type=float, default=4)
-    parser.add_argument("--parts", default="poll,propagation,fps,kill", help="what to measure, comma-separated")
+    parser.add_argument("--parts", default="poll,propagation,fps,kill",
+                        help="what to measure, comma-separated: poll, propagation, fps, redis, postgres, kill")
+    parser.add_argument("--postgres", action="store_true", help="a private PostgreSQL as the store (not SQLite)")
     args = parser.parse_args()
     person_dir = FACES_DIR / "celeba" / live.PERSON
     if not person_dir.is_dir():
@@ -329,11 +404,12 @@ def main() -> dict:
     result = {"poll": poll_cost() if "poll" in parts else None, "fps": []}
     print(json.dumps(result["poll"]), file=sys.stderr)
     for processes in (1, 2):
-        wanted = parts & ({"fps"} if processes == 1 else {"fps", "propagation", "kill"})
+        wanted = parts & ({"fps"} if processes == 1 else {"fps", "propagation", "redis", "postgres", "kill"})
         if not wanted:
             continue
         with tempfile.TemporaryDirectory() as run_dir:
-            cluster = Cluster(processes=processes, run_dir=Path(run_dir), env=ENV, pin=not args.no_pin).start()
+            cluster = Cluster(processes=processes, run_dir=Path(run_dir), env=ENV, pin=not args.no_pin,
+                              postgres=args.postgres).start()
             try:
                 enroller = live.login(cluster.apps[0].url)
                 live.enroll(enroller, cluster.apps[0].url, paths[:3])
@@ -343,7 +419,13 @@ def main() -> dict:
                     print(json.dumps(result["propagation"]), file=sys.stderr)
                 if "fps" in wanted:
                     result["fps"] += fps_runs(cluster, args, frames)
-                if "kill" in wanted:
+                for fault in ("redis", "postgres"):
+                    if fault in wanted:
+                        if fault == "postgres" and not args.postgres:
+                            raise SystemExit("--parts postgres needs --postgres")
+                        result[fault] = outage(cluster, args, frames, fault)
+                        print(json.dumps(result[fault]), file=sys.stderr)
+                if "kill" in wanted:  # last: it leaves one process
                     result["kill"] = kill_one(cluster, args, frames)
                     print(json.dumps(result["kill"]), file=sys.stderr)
             finally:

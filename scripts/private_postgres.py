@@ -65,6 +65,10 @@ class PrivatePostgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(sql)
 
+    def restart(self) -> None:
+        """Stop the server (fast: every connection is cut) and start it again on the same port and data."""
+        self._tool("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-m", "fast", "-w", "restart")
+
     def stop(self, *, keep: bool = False) -> None:
         """Stop the server; keep=True leaves its folder (the data) behind."""
         self._tool("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "stop")
