@@ -245,7 +245,8 @@ class Reconnecting(live.Client):
         super()._on_faces(data)
 
 
-def keep_enrolling(url: str, seconds: float, counts: dict, accepted_at: list | None = None) -> None:
+def keep_enrolling(url: str, seconds: float, counts: dict, accepted_at: list | None = None,
+                   label: str = "Kill") -> None:
     """Enroll one CelebA photo a second through HAProxy for `seconds`; count the answers 200 and the others.
 
     Every photo answered 200 must be in the database afterwards, whichever process took it.
@@ -262,11 +263,17 @@ def keep_enrolling(url: str, seconds: float, counts: dict, accepted_at: list | N
         time.sleep(ENROLL_EVERY_S)
         photo = sorted(folder.glob("*.jpg"))[0]
         try:
-            person = session.post(f"{url}/api/people", json={"name": f"Kill {index}"}, timeout=30)
+            person = session.post(f"{url}/api/people", json={"name": f"{label} {index}"}, timeout=30)
+            if person.status_code != 201:
+                counts["failed"] += 1
+                counts.setdefault("failed_statuses", []).append(person.status_code)
+                continue
             answer = session.post(f"{url}/api/people/{person.json()['id']}/photos", timeout=60,
                                   files=[("photos", (photo.name, photo.read_bytes(), "image/jpeg"))])
             key = "accepted" if answer.status_code == 200 else "failed"  # one photo: 200 means it was stored
             counts[key] += 1
+            if key == "failed":
+                counts.setdefault("failed_statuses", []).append(answer.status_code)
             if key == "accepted":
                 accepted_at.append(time.perf_counter())
         except (requests.RequestException, ValueError, KeyError):
@@ -347,7 +354,7 @@ def outage(cluster: Cluster, args, frames, what: str) -> dict:
     seconds = KILL_AFTER_S + AFTER_KILL_S
     enrolled, accepted_at = {"accepted": 0, "failed": 0}, []
     threads = [threading.Thread(target=c.run, args=(seconds,)) for c in clients]
-    threads.append(threading.Thread(target=keep_enrolling, args=(cluster.url, seconds, enrolled, accepted_at)))
+    threads.append(threading.Thread(target=keep_enrolling, args=(cluster.url, seconds, enrolled, accepted_at, what)))
     for t in threads:
         t.start()
     time.sleep(KILL_AFTER_S)
@@ -368,6 +375,7 @@ def outage(cluster: Cluster, args, frames, what: str) -> dict:
     first_enrolled = min((t for t in accepted_at if t >= back), default=None)
     result = {"fault": what, "fault_took_s": round(back - faulted, 2), "clients": len(clients),
               "longest_gap_s": round(float(max(gaps)), 2),
+              "fps_before": [round(sum(t < faulted for t in c.answered_at) / KILL_AFTER_S, 1) for c in clients],
               "fps_after": [round(sum(t >= back for t in c.answered_at) / (ended - back), 1) for c in clients],
               "errors": sum(c.errors for c in clients), "enrollments_meanwhile": enrolled,
               "first_enrollment_after_s": None if first_enrolled is None else round(first_enrolled - back, 2),
@@ -419,6 +427,8 @@ def main() -> dict:
                     print(json.dumps(result["propagation"]), file=sys.stderr)
                 if "fps" in wanted:
                     result["fps"] += fps_runs(cluster, args, frames)
+                elif wanted & {"redis", "postgres", "kill"}:  # the live workers load their models first
+                    stream(clients_for(cluster, 2 * len(cluster.apps), "direct", frames, args.fps), WARMUP_S)
                 for fault in ("redis", "postgres"):
                     if fault in wanted:
                         if fault == "postgres" and not args.postgres:
