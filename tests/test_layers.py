@@ -1,7 +1,7 @@
 """The project's layers: imports point one way and nothing imports in a circle.
 
     webapp/ (views -> stores/services)  ->  model/ (the inference core)
-    model/training/ (offline)           ->  model/, and webapp.settings / webapp.people_store only
+    model/training/ (offline)           ->  model/, and webapp.settings / webapp.training_reads only
 
 The server never imports TensorFlow or the training package; the core never imports webapp/.
 model/train.py, evaluate.py and finetune.py are the documented commands' entry points: two lines
@@ -21,7 +21,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGES = ("model", "webapp")
 MAX_LINES = 450
 # What the offline training package may use of the web app: the settings table and the trainer's reads.
-TRAINING_MAY_IMPORT = {"webapp.settings", "webapp.people_store"}
+TRAINING_MAY_IMPORT = {"webapp.settings", "webapp.training_reads"}
 HEAVY = ("tensorflow", "keras")
 # `python -m model.train` etc.: thin entry points into model.training, outside the core.
 ENTRY_POINTS = {"model.train": "model.training.train", "model.evaluate": "model.training.evaluate",

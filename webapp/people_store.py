@@ -158,46 +158,6 @@ def count_other_backbones(db: sqlite3.Connection, backbone: str) -> int:
 # --- for the trainer (model.training reads the app's tables only through these) ------------
 
 
-def _read_only(database: Path) -> sqlite3.Connection:
-    if not Path(database).exists():
-        raise FileNotFoundError(f"no database at {database}")
-    return sqlite3.connect(f"file:{Path(database)}?mode=ro", uri=True)
-
-
-def read_training_photos(database: Path, backbone: str) -> list[tuple[int, str, NDArray[np.float32]]]:
-    """(photo id, person name, backbone features float32 [D]) of every photo of that backbone, read-only.
-
-    Ordered by person name, then photo id. :raises FileNotFoundError: no such file.
-    """
-    with _read_only(database) as conn:
-        rows = conn.execute(
-            "SELECT photos.id, people.name, photos.features FROM photos "
-            "JOIN people ON people.id = photos.person_id "
-            "WHERE photos.backbone = ? AND photos.features IS NOT NULL "
-            "ORDER BY people.name, photos.id",
-            (backbone,),
-        ).fetchall()
-    return [(int(photo_id), name, from_blob(blob)) for photo_id, name, blob in rows]
-
-
-def read_training_corrections(database: Path, backbone: str) -> list[tuple[str, NDArray[np.float32]]]:
-    """(name of the person the face is NOT, features float32 [D]) for every correction, by id, read-only.
-
-    A database from before corrections existed gives [].
-    """
-    with _read_only(database) as conn:
-        try:
-            rows = conn.execute(
-                "SELECT people.name, corrections.features FROM corrections "
-                "JOIN people ON people.id = corrections.person_id "
-                "WHERE corrections.backbone = ? ORDER BY corrections.id",
-                (backbone,),
-            ).fetchall()
-        except sqlite3.OperationalError:  # no corrections table yet
-            return []
-    return [(name, from_blob(blob)) for name, blob in rows]
-
-
 # --- changing ----------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from model.training.classifier_data import (
     UNKNOWN, ClassifierData, ClassifierDataError, build_data, gallery_strangers, holdout_rows, mirror_views,
     stranger_features,
 )
+from model.training.datasets import gallery_source
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -38,9 +39,9 @@ def _recognizer(args, flip: bool | None = None):
                       weights_dir=args.weights_dir)
 
 
-def _database(args) -> Path | None:
+def _database(args) -> Path | str | None:
     if args.gallery:
-        return Path(args.gallery)
+        return args.gallery
     return Path(args.data) / "faces.db" if args.data else None
 
 
@@ -214,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", parents=[common], help="train a classifier")
     p_train.add_argument("--mode", choices=("embeddings", "images"), default="embeddings")
-    p_train.add_argument("--gallery", type=Path, help="the app's database: its people (stored features)")
+    p_train.add_argument("--gallery", type=gallery_source,
+                         help="the app's database (SQLite file or postgresql:// URL): its people (stored features)")
     p_train.add_argument("--data", type=Path, help="the app's data folder: corrections as strangers (and its people)")
     p_train.add_argument("--mirror-views", action="store_true", help="augment with mirror-image features (plain cache)")
     p_train.add_argument("--arch", default="MobileNetV2",

@@ -253,7 +253,7 @@ def stranger_photos(folder: Path) -> list[Path]:
     return found
 
 
-def gallery_strangers(database: Path, people: FeatureSet) -> NDArray[np.float32]:
+def gallery_strangers(database: Path | str, people: FeatureSet) -> NDArray[np.float32]:
     """The app's "not this person" corrections as strangers' features float32 [C, D] (read-only).
 
     A correction says only who a face is not; it may be another enrolled person, so a data folder
@@ -261,7 +261,7 @@ def gallery_strangers(database: Path, people: FeatureSet) -> NDArray[np.float32]
     """
     from model.training.datasets import gallery_corrections
 
-    features, _ = gallery_corrections(Path(database), people.backbone, people.names)
+    features, _ = gallery_corrections(database, people.backbone, people.names)
     return features.reshape(-1, people.dim) if len(features) else np.zeros((0, people.dim), np.float32)
 
 

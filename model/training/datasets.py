@@ -9,8 +9,8 @@ Two sources give the same `FeatureSet`:
   photo is recomputed; the rest load in milliseconds. With `augment=N` the cache
   also holds N augmented copies per photo (see `sampling.augment_photo`); they
   are the only way augmentation reaches a head trained on cached features.
-- `gallery_features(db)`: the app's SQLite database, read-only, through
-  `webapp.people_store.read_training_photos` (the app owns its schema); each
+- `gallery_features(db)`: the app's database (SQLite file or PostgreSQL URL), read-only, through
+  `webapp.training_reads.read_training_photos` (the app owns its schema); each
   photo's backbone features are stored there. `gallery_corrections` reads its
   "not this person" corrections, the trainer's extra hard negatives.
 
@@ -293,27 +293,35 @@ def _progress(total: int, desc: str, enabled: bool):
 # --- the app's database --------------------------------------------------------------
 
 
-def gallery_features(db: Path, backbone: str = "dlib-resnet") -> FeatureSet:
-    """Every enrolled photo's stored backbone features, from the app's SQLite database (read-only).
+def gallery_source(text: str) -> Path | str:
+    """A --gallery argument: the app's SQLite file (a Path), or its PostgreSQL URL kept as written."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
+def gallery_features(db: Path | str, backbone: str = "dlib-resnet") -> FeatureSet:
+    """Every enrolled photo's stored backbone features, from the app's database (read-only).
+
+    db: its SQLite file, or the postgresql:// URL of FACES_DATABASE_URL.
 
     Photos of other backbones or without features are skipped. Labels follow people sorted by name.
     :raises FileNotFoundError: no such file. ValueError: no photo of that backbone has features.
     """
-    from webapp.people_store import read_training_photos
+    from webapp.training_reads import describe, read_training_photos
 
-    db = Path(db)
+    db = gallery_source(str(db))
     rows = read_training_photos(db, backbone)
     if not rows:
-        raise ValueError(f"no {backbone} photos with stored features in {db}")
+        raise ValueError(f"no {backbone} photos with stored features in {describe(db)}")
     names = sorted({name for _, name, _ in rows})
     label_of = {name: i for i, name in enumerate(names)}
     features = np.stack([vector for _, _, vector in rows]).astype(np.float32)
     labels = np.array([label_of[name] for _, name, _ in rows], dtype=np.int64)
-    return FeatureSet(features, labels, names, [f"photo:{pid}" for pid, _, _ in rows], backbone, source=str(db))
+    return FeatureSet(features, labels, names, [f"photo:{pid}" for pid, _, _ in rows], backbone,
+                      source=describe(db))
 
 
 def gallery_corrections(
-    db: Path, backbone: str, names: Sequence[str]
+    db: Path | str, backbone: str, names: Sequence[str]
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """The app's "not this person" corrections, as hard negatives (read-only).
 
@@ -321,10 +329,11 @@ def gallery_corrections(
     :return: (features float32 [C, D], labels int64 [C]: the index into `names` of the person each face is NOT).
     A database from before corrections existed gives none.
     """
-    from webapp.people_store import read_training_corrections
+    from webapp.training_reads import read_training_corrections
 
     label_of = {name: i for i, name in enumerate(names)}
-    rows = [(name, vector) for name, vector in read_training_corrections(Path(db), backbone) if name in label_of]
+    found = read_training_corrections(gallery_source(str(db)), backbone)
+    rows = [(name, vector) for name, vector in found if name in label_of]
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     features = np.stack([vector for _, vector in rows]).astype(np.float32)
@@ -381,7 +390,7 @@ def load_features(
     if gallery is not None:
         if augment:
             raise ValueError("augmentation needs the photos; the gallery stores features only")
-        return gallery_features(Path(gallery), backbone)
+        return gallery_features(gallery, backbone)
     return dataset_features(
         Path(images), backbone=backbone, recognizer=recognizer, cache_dir=cache_dir, people=people,
         per_person=per_person, augment=augment, flip=flip, weights_dir=weights_dir, progress=progress,

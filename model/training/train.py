@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from model.head import EMBEDDING_DIM, Head, head_path
 from model.training.config import LOSSES, MININGS, SCHEDULES, TrainConfig, schedule_at
-from model.training.datasets import FeatureSet, gallery_corrections, load_features, split_features
+from model.training.datasets import FeatureSet, gallery_corrections, gallery_source, load_features, split_features
 from model.training.head_history import rollback_head, save_trained_head
 from model.training.heads import REPORT_FARS, evaluate_head, initial_head
 from model.training.sampling import DEFAULT_K, DEFAULT_P, correction_triplets, pk_batches, random_pairs, random_triplets
@@ -288,7 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(weights_dir=Path(settings["WEIGHTS_DIR"]))  # FACES_WEIGHTS_DIR
     source = parser.add_argument_group("data")
     source.add_argument("--images", type=Path, help="folder-per-person photos, DIR/<person>/<photo>")
-    source.add_argument("--gallery", type=Path, help="the app's SQLite database (stored features)")
+    source.add_argument("--gallery", type=gallery_source,
+                        help="the app's database (stored features): its SQLite file, or FACES_DATABASE_URL")
     source.add_argument("--backbone", default="dlib-resnet", help="dlib-resnet (default) or vgg16-face")
     source.add_argument("--cache", type=Path, default=Path(settings["CACHE_DIR"]),
                         help="feature cache dir (default %(default)s; FACES_CACHE_DIR moves it)")
