@@ -40,6 +40,7 @@ def start(postgres, web_recognizer):
     for app in started:
         if "changes" in app.extensions:
             app.extensions["changes"].stop()
+        instance_store.of(app).close()
 
 
 @pytest.fixture
@@ -145,6 +146,8 @@ def test_threads_creating_a_secret_at_once_get_the_same_one(postgres, tmp_path):
         assert len(got) == len(stores) and len(set(got.values())) == 1, got
         assert conn.execute("SELECT value FROM instance_secrets WHERE name = ?", (name,)).fetchone()[0] == got[0]
         assert sorted(stored.values()) == [False] * (len(stores) - 1) + [True]  # put(replace=False): one wins
+    for store in stores:
+        store.close()
     conn.close()
 
 
@@ -251,14 +254,18 @@ def test_no_secret_reaches_the_logs_or_the_answers(two, start, caplog):
     assert store.get("webhook_secret") in page
 
 
-def test_the_socket_gate_answers_503_while_the_database_is_down(two, monkeypatch):
+def test_a_dropped_connection_is_opened_again_and_a_dead_database_is_a_503(two, postgres, monkeypatch):
     a, _ = two
     client = log_in(a.test_client())
+    name = a.config["DATABASE"].rsplit("/", 1)[1]
+    postgres.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+    assert client.get("/api/people").status_code == 200  # the store's kept connection was opened again
 
     def down(*args, **kwargs):
         raise sqlite3.OperationalError("connection refused")
 
+    instance_store.of(a).close()
     monkeypatch.setattr(db, "connect", down)
     answer = client.get("/socket.io/?EIO=4&transport=polling")
     assert answer.status_code == 503 and answer.get_json() == {"error": auth.DATABASE_DOWN}
-    assert client.get("/api/people").status_code == 503  # pages: the app's own 503
+    assert client.get("/api/people").status_code == 503  # pages and the API: the app's own 503
