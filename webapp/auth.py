@@ -82,7 +82,7 @@ login_limit = limiter.shared_limit(
 
 # --- the password ------------------------------------------------------------------
 
-Where = Union[instance_store.FileStore, instance_store.PostgresStore, Path, None]
+Where = Union[instance_store.Store, Path, None]  # None: the current app's store; a data dir: its files
 
 
 def _store(where: Where = None):
@@ -114,7 +114,7 @@ def password_problem(password: object) -> str | None:
     return None
 
 
-def set_password(where: Where, password: str, *, replace: bool) -> bool:
+def set_password(password: str, *, replace: bool, where: Where = None) -> bool:
     """Store a hash of password; with replace=False only when none is set yet. Returns whether it was stored.
 
     A stored password ends every session.
@@ -317,7 +317,7 @@ def setup():
         error = "the two passwords differ"
     if error:
         return render_template("auth/setup.html", error=error, **page), 400
-    if not set_password(None, password, replace=False):
+    if not set_password(password, replace=False):
         flash("The admin password was set meanwhile, from elsewhere; log in with it.", "error")
         return redirect(url_for("auth.login"))
     log.info("admin password set from the set-up page (%s)", "with the setup token" if token else "this machine")
@@ -384,7 +384,7 @@ def init_app(app: Flask) -> None:
         store = instance_store.of(app)
         current = stored_hash(store)
         if current is None or not check_password_hash(current, password):
-            set_password(store, password, replace=True)
+            set_password(password, replace=True, where=store)
             log.info("admin password set from FACES_ADMIN_PASSWORD")
     elif stored_hash(instance_store.of(app)) is None:
         token = secrets.token_urlsafe(16)

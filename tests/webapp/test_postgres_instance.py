@@ -123,6 +123,21 @@ def test_a_password_change_on_a_ends_the_sessions_on_b(two, start):
     assert log_in(b.test_client(), NEW_PASSWORD).get("/api/people").status_code == 200
 
 
+def test_sqlite_keeps_the_files_and_gets_no_tables(tmp_path, web_recognizer):
+    folder = prepare_data_dir(tmp_path / "data")
+    app = create_app({"TESTING": True, "DATA_DIR": folder, "RECOGNIZER": web_recognizer})
+    assert isinstance(instance_store.of(app), instance_store.FileStore)
+    log_in(app.test_client())
+    secret = integrations.webhook_secret(app)
+    assert INSTANCE_FILES <= set(os.listdir(folder))
+    assert (folder / "secret_key").read_text() == app.config["SECRET_KEY"]
+    assert (folder / "webhook_secret").read_text().strip().encode() == secret
+    conn = db.connect(folder / "faces.db")
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert not {"instance_secrets", "login_sessions"} & tables
+
+
 def test_threads_creating_a_secret_at_once_get_the_same_one(postgres, tmp_path):
     url = postgres.new_database()
     conn = db.connect(url)
