@@ -136,7 +136,7 @@ class PostgresStore:
     """PostgreSQL installs: the rows of instance_secrets and login_sessions.
 
     One connection per process, opened on first use and kept, one statement at a time under a lock: a
-    login check is two short queries (0.3 ms together), a new connection for it 5 ms (both on loopback).
+    login check is two short queries (0.3 ms together), a new connection for it 5 to 8 ms (loopback).
     A kept connection that broke (a server restart) is opened again once before an error reaches the caller.
     """
 
