@@ -11,7 +11,8 @@ from typing import Any
 from flask import Flask
 
 from model.recognizer import Recognizer
-from webapp import auth, db, errors, events, files, inbox_store, people_store, security, settings, strictness
+from webapp import auth, db, errors, events, files, inbox_store, instance_store, people_store, security, settings
+from webapp import strictness
 from webapp import changes, health, redis_link  # several processes on one data folder (scripts/cluster.sh)
 from webapp.extensions import socketio
 from webapp.reembed import Reembedder
@@ -36,7 +37,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         (a Recognizer to use instead of building one; tests share a loaded one).
 
     The data dir is the app's instance folder: the database, photos, the
-    secret key and the admin password's hash live there.
+    secret key and the admin password's hash live there (with PostgreSQL,
+    the photos only: webapp/instance_store.py).
     """
     app = Flask(__name__, template_folder=str(settings.PROJECT_DIR / "templates"),
                 static_folder=str(settings.PROJECT_DIR / "static"))
@@ -50,12 +52,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["DATABASE"] = db.check_url(app.config["DATABASE_URL"])
     elif not app.config["DATABASE"]:
         app.config["DATABASE"] = str(data_dir / "faces.db")
-    if not app.config["SECRET_KEY"]:
-        app.config["SECRET_KEY"] = _secret_key(data_dir)
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"] * MB)
     app.config["MAX_FRAME_BYTES"] = int(app.config["MAX_FRAME_MB"] * MB)
 
     db.init_app(app)
+    store = instance_store.init_app(app)  # after the schema: on PostgreSQL its rows hold the secrets
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _secret_key(store)
     files.make_private(data_dir)  # after the database file exists; SQLite gives its -wal/-shm files its mode
     _sweep(app)
     first_change = changes.newest_in(app.config["DATABASE"])  # before the load: later changes are applied, none missed
@@ -135,9 +138,9 @@ def build_face_service(config: Mapping[str, Any]) -> FaceService:
     return service
 
 
-def _secret_key(data_dir: Path) -> str:
-    """A random key, made once and kept in the data dir (readable by the owner only)."""
-    return security.read_or_create(data_dir / "secret_key", lambda: secrets.token_hex(32))
+def _secret_key(store: instance_store.Store) -> str:
+    """A random key, made once and kept in the instance store (SQLite: the data dir's `secret_key`, owner-only)."""
+    return store.get_or_create(instance_store.SECRET_KEY, lambda: secrets.token_hex(32))
 
 
 def _sweep(app: Flask) -> None:

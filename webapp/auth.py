@@ -1,16 +1,17 @@
 """Login: one admin password guards every page, the JSON API and the live socket.
 
-The password's hash (werkzeug's scrypt) is kept in the data dir beside the
-secret key, in `admin_password`. Until one is set, every page leads to the
+The password's hash (werkzeug's scrypt) is kept in the instance store beside
+the secret key (webapp/instance_store.py: the data dir's `admin_password` file
+on SQLite, a row on PostgreSQL). Until one is set, every page leads to the
 set-password page and the API answers 401; FACES_ADMIN_PASSWORD sets it at
 start for headless set-ups. The set-password page answers a browser on this
 machine (loopback peer, loopback Host header, no proxy headers), or anyone
 with the one-time setup token the server logs at start while no password is set.
 
-Each login gets a random session id; the data dir's `sessions` file keeps a
-hash of each live one with the time it was made. Logging out removes that
-session's id, "log out everywhere" and a new password remove them all, and a
-login ends SESSION_HOURS after it was made: a cookie whose id is not there is
+Each login gets a random session id; the store keeps a hash of each live one
+with the time it was made (the `sessions` file, or rows). Logging out removes
+that session's id, "log out everywhere" and a new password remove them all, and
+a login ends SESSION_HOURS after it was made: a cookie whose id is not there is
 refused. A session also remembers a fingerprint of the password's hash.
 Without a session, /api/* and JSON requests get 401 with {"error": ...}; pages
 redirect to the login page. Failed logins are limited per client address
@@ -23,10 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
+import sqlite3
 import time
 from pathlib import Path
+from typing import Union
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, current_app, flash, jsonify, redirect, render_template, request, session, url_for
@@ -34,17 +38,17 @@ from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import BadRequest, Forbidden
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp import api_keys, files
+from webapp import api_keys, instance_store
 from webapp.errors import error_response, wants_json
 from webapp.extensions import csrf, limiter
-from webapp.security import SecurityHeaders, from_this_machine, write_private
+from webapp.security import SecurityHeaders, from_this_machine
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
-PASSWORD_FILE = "admin_password"
-SESSIONS_FILE = "sessions"
+PASSWORD_FILE = instance_store.ADMIN_PASSWORD  # the name in the store, and SQLite's file in the data dir
+SESSIONS_FILE = instance_store.SESSIONS_FILE
 SETUP_TOKEN = "setup_token"  # app.extensions key; the token itself is only in the server log
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # longer input is refused before hashing
@@ -63,6 +67,7 @@ SETUP_ELSEWHERE = (
 )
 LOGIN_NEEDED = "please log in"
 WRONG_PASSWORD = "wrong password"
+DATABASE_DOWN = "the database is not answering; try again in a moment"
 TOO_MANY = "too many failed logins from your address; wait a minute and try again"
 
 # Counts only failed attempts (401), per client address, across both login views.
@@ -77,18 +82,25 @@ login_limit = limiter.shared_limit(
 
 # --- the password ------------------------------------------------------------------
 
+Where = Union[instance_store.Store, Path, None]  # None: the current app's store; a data dir: its files
+
+
+def _store(where: Where = None):
+    """The app's instance store (default: the current app's); a data dir stands for its files (SQLite's)."""
+    if where is None:
+        return instance_store.of(current_app)
+    if isinstance(where, (str, Path)):
+        return instance_store.FileStore(Path(where))
+    return where
+
 
 def password_path(data_dir: Path) -> Path:
     return Path(data_dir) / PASSWORD_FILE
 
 
-def stored_hash(data_dir: Path | None = None) -> str | None:
+def stored_hash(where: Where = None) -> str | None:
     """The admin password's hash, or None while none is set."""
-    try:
-        text = password_path(data_dir or current_app.config["DATA_DIR"]).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return text or None
+    return _store(where).get(PASSWORD_FILE)
 
 
 def password_problem(password: object) -> str | None:
@@ -102,7 +114,7 @@ def password_problem(password: object) -> str | None:
     return None
 
 
-def set_password(data_dir: Path, password: str, *, replace: bool) -> bool:
+def set_password(password: str, *, replace: bool, where: Where = None) -> bool:
     """Store a hash of password; with replace=False only when none is set yet. Returns whether it was stored.
 
     A stored password ends every session.
@@ -110,9 +122,10 @@ def set_password(data_dir: Path, password: str, *, replace: bool) -> bool:
     problem = password_problem(password)
     if problem:
         raise ValueError(problem)
-    stored = write_private(password_path(data_dir), generate_password_hash(password) + "\n", replace=replace)
+    store = _store(where)
+    stored = store.put(PASSWORD_FILE, generate_password_hash(password), replace=replace)
     if stored:
-        end_all_sessions(data_dir)
+        end_all_sessions(store)
     return stored
 
 
@@ -127,11 +140,7 @@ def _fingerprint(hashed: str) -> str:
     return hashlib.sha256(hashed.encode()).hexdigest()[:32]
 
 
-# --- sessions: the live ones are listed in the data dir --------------------------------
-
-def _sessions_writer(data_dir: Path):
-    """One writer of the sessions file at a time, across threads and processes, so no login is lost."""
-    return files.locked(Path(data_dir) / f"{SESSIONS_FILE}.lock")
+# --- sessions: the live ones are listed in the instance store ---------------------------
 
 
 def _now() -> float:
@@ -139,64 +148,30 @@ def _now() -> float:
 
 
 def sessions_path(data_dir: Path) -> Path:
-    return Path(data_dir) / SESSIONS_FILE
+    return instance_store.sessions_path(data_dir)
 
 
 def _digest(session_id: str) -> str:
-    """What the file keeps of a session id: reading the file gives no usable cookie."""
+    """What the store keeps of a session id: reading it gives no usable cookie."""
     return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def _read_sessions(data_dir: Path) -> dict[str, float]:
-    """Live sessions: id digest -> when the login was made (Unix time). A damaged line counts as no session."""
-    try:
-        text = sessions_path(data_dir).read_text()
-    except FileNotFoundError:
-        return {}
-    live = {}
-    for line in text.splitlines():
-        digest, _, started = line.partition(" ")
-        try:
-            live[digest] = float(started)
-        except ValueError:
-            continue
-    return live
-
-
-def _write_sessions(data_dir: Path, live: dict[str, float]) -> None:
-    newest = sorted(live.items(), key=lambda item: item[1])[-MAX_SESSIONS:]
-    write_private(sessions_path(data_dir), "".join(f"{digest} {started:.3f}\n" for digest, started in newest),
-                  replace=True)
 
 
 def _lifetime_s() -> float:
     return current_app.permanent_session_lifetime.total_seconds()
 
 
-def _add_session(data_dir: Path, session_id: str) -> None:
-    now, lifetime = _now(), _lifetime_s()
-    with _sessions_writer(data_dir):
-        live = {d: t for d, t in _read_sessions(data_dir).items() if now - t < lifetime}
-        live[_digest(session_id)] = now
-        _write_sessions(data_dir, live)
+def _add_session(session_id: str) -> None:
+    _store().add_session(_digest(session_id), _now(), _lifetime_s(), MAX_SESSIONS)
 
 
-def _end_session(data_dir: Path, session_id: object) -> None:
-    if not isinstance(session_id, str):
-        return
-    with _sessions_writer(data_dir):
-        live = _read_sessions(data_dir)
-        if live.pop(_digest(session_id), None) is not None:
-            _write_sessions(data_dir, live)
+def _end_session(session_id: object) -> None:
+    if isinstance(session_id, str):
+        _store().end_session(_digest(session_id))
 
 
-def end_all_sessions(data_dir: Path) -> int:
+def end_all_sessions(where: Where = None) -> int:
     """Log out every browser and script; returns how many live sessions there were."""
-    with _sessions_writer(data_dir):
-        count = len(_read_sessions(data_dir))
-        if count or sessions_path(data_dir).exists():
-            _write_sessions(data_dir, {})
-    return count
+    return _store(where).end_all_sessions()
 
 
 def logged_in() -> bool:
@@ -211,14 +186,14 @@ def logged_in() -> bool:
     session_id = session.get(SESSION_ID_KEY)
     if not isinstance(session_id, str):
         return False
-    started = _read_sessions(current_app.config["DATA_DIR"]).get(_digest(session_id))
+    started = _store().session_started(_digest(session_id))
     return started is not None and 0 <= _now() - started < _lifetime_s()
 
 
 def _start_session() -> None:
     session.clear()  # a fresh session (and CSRF token) at every login
     session_id = secrets.token_urlsafe(32)
-    _add_session(current_app.config["DATA_DIR"], session_id)
+    _add_session(session_id)
     session[SESSION_KEY] = _fingerprint(stored_hash())
     session[SESSION_ID_KEY] = session_id
     session.permanent = True
@@ -294,7 +269,7 @@ def api_login():
 @bp.post("/logout")
 def logout():
     """End this session: its cookie, kept or copied, no longer logs anyone in."""
-    _end_session(current_app.config["DATA_DIR"], session.get(SESSION_ID_KEY))
+    _end_session(session.get(SESSION_ID_KEY))
     session.clear()
     if wants_json():
         return jsonify(logged_in=False)
@@ -306,7 +281,7 @@ def logout():
 @bp.post("/logout-all")  # registered first, so url_for gives the page's address
 def logout_all():
     """End every session, on every browser and script (this one too)."""
-    ended = end_all_sessions(current_app.config["DATA_DIR"])
+    ended = end_all_sessions()
     session.clear()
     log.info("logged out everywhere: %d session(s) ended", ended)
     if wants_json():
@@ -342,7 +317,7 @@ def setup():
         error = "the two passwords differ"
     if error:
         return render_template("auth/setup.html", error=error, **page), 400
-    if not set_password(current_app.config["DATA_DIR"], password, replace=False):
+    if not set_password(password, replace=False):
         flash("The admin password was set meanwhile, from elsewhere; log in with it.", "error")
         return redirect(url_for("auth.login"))
     log.info("admin password set from the set-up page (%s)", "with the setup token" if token else "this machine")
@@ -350,6 +325,12 @@ def setup():
     _start_session()
     flash("The admin password is set, and you are logged in.", "ok")
     return redirect(url_for("index"))
+
+
+def _json_answer(start_response, status: str, message: str) -> list[bytes]:
+    body = json.dumps({"error": message}).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 class SocketGate:
@@ -364,10 +345,14 @@ class SocketGate:
         self.app, self.wsgi_app, self.path = app, wsgi_app, path
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO", "").startswith(self.path) and not self._logged_in(environ):
-            body = b'{"error": "please log in"}'
-            start_response("401 UNAUTHORIZED", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
+        if environ.get("PATH_INFO", "").startswith(self.path):
+            try:
+                allowed = self._logged_in(environ)
+            except sqlite3.OperationalError:  # PostgreSQL, which holds the sessions, is not answering
+                log.error("socket refused: the database is not answering")
+                return _json_answer(start_response, "503 SERVICE UNAVAILABLE", DATABASE_DOWN)
+            if not allowed:
+                return _json_answer(start_response, "401 UNAUTHORIZED", LOGIN_NEEDED)
         return self.wsgi_app(environ, start_response)
 
     def _logged_in(self, environ) -> bool:
@@ -396,11 +381,12 @@ def init_app(app: Flask) -> None:
         problem = password_problem(password)
         if problem:
             raise ValueError(f"FACES_ADMIN_PASSWORD: {problem}")
-        current = stored_hash(app.config["DATA_DIR"])
+        store = instance_store.of(app)
+        current = stored_hash(store)
         if current is None or not check_password_hash(current, password):
-            set_password(app.config["DATA_DIR"], password, replace=True)
+            set_password(password, replace=True, where=store)
             log.info("admin password set from FACES_ADMIN_PASSWORD")
-    elif stored_hash(app.config["DATA_DIR"]) is None:
+    elif stored_hash(instance_store.of(app)) is None:
         token = secrets.token_urlsafe(16)
         app.extensions[SETUP_TOKEN] = token
         log.warning(

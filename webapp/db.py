@@ -221,6 +221,20 @@ MIGRATIONS: tuple[Step, ...] = (
         BEGIN INSERT INTO changes (kind) VALUES ('setting'); END;
     """, _PG_CHANGE_TRIGGERS),
     ),
+    (
+    # The instance's secrets and live logins (webapp/instance_store.py). SQLite keeps them as files in the data
+    # dir, as before, so its part is empty; on PostgreSQL every process, on any machine, reads these rows.
+    PerEngine("", """
+    CREATE TABLE instance_secrets (
+        name TEXT PRIMARY KEY,             -- secret_key, admin_password (its scrypt hash), webhook_secret
+        value TEXT NOT NULL
+    );
+    CREATE TABLE login_sessions (
+        digest TEXT PRIMARY KEY,           -- hex SHA-256 of the session id: reading it gives no usable cookie
+        started DOUBLE PRECISION NOT NULL  -- when the login was made, Unix time
+    );
+    """),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

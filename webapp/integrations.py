@@ -21,11 +21,10 @@ import secrets
 from flask import Blueprint, Flask, current_app, flash, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest
 
-from webapp import api_keys, mqtt, webhooks
+from webapp import api_keys, instance_store, mqtt, webhooks
 from webapp.api_keys import needs_scope
 from webapp.db import StoreError, get_db
 from webapp.notify import Notifier
-from webapp.security import read_or_create
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,11 @@ def _notifier() -> Notifier:
 
 
 def webhook_secret(app: Flask) -> bytes:
-    """FACES_WEBHOOK_SECRET, else the one generated once into the data dir."""
+    """FACES_WEBHOOK_SECRET, else the one generated once into the instance store (SQLite: the data dir's file)."""
     configured = app.config.get("WEBHOOK_SECRET")
     if configured:
         return configured.encode()
-    path = app.config["DATA_DIR"] / webhooks.SECRET_FILE
-    return read_or_create(path, lambda: secrets.token_hex(32)).encode()
+    return instance_store.of(app).get_or_create(instance_store.WEBHOOK_SECRET, lambda: secrets.token_hex(32)).encode()
 
 
 def init_app(app: Flask) -> Notifier:
