@@ -10,7 +10,9 @@ API (errors are {"error": message} with a 4xx status):
   DELETE /api/cameras/<id>               {"deleted": id}
   POST   /api/cameras/<id>/test          the same test on the stored URL
   GET    /api/cameras/<id>/faces         the newest analysed frame's `faces` answer (the live event's shape)
-                                         plus camera_id, status and frame_url (that frame's picture)
+                                         plus camera_id, status and frame_url (that frame's picture);
+                                         with several processes, one reads the camera and the others
+                                         answer state "elsewhere" and who reads it (status.reader)
   GET    /api/cameras/<id>/frame.jpg     the newest analysed frame as JPEG (?frame_id=N: that one, while kept)
 """
 
@@ -155,6 +157,8 @@ def frame(camera_id: int):
         raise BadRequest("frame_id must be a frame number (0, 1, ...)") from None
     feed = _manager().feed(camera_id)
     latest = feed.latest(wanted) if feed is not None else None
+    if latest is None and _manager().reader(camera_id):  # several processes: another one reads it
+        raise NotFound(f"this camera is read by {_manager().reader(camera_id)}, which shows its frames")
     if latest is None:
         raise NotFound("this camera has no analysed frame yet (it is connecting, offline or disabled)")
     response = Response(latest.jpeg(), mimetype="image/jpeg")

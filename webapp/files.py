@@ -42,6 +42,18 @@ def locked(path: Path | str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def try_lock(path: Path | str) -> int | None:
+    """Take an exclusive lock on an (owner-only) lock file without waiting: its open descriptor, held until
+    os.close (or the process's death: the kernel lets go), or None when another open holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def make_private(data_dir: Path) -> None:
     """Owner-only modes for the data folder, its sub-folders and files (also those made by older versions)."""
     os.chmod(data_dir, PRIVATE_DIR)
