@@ -5,8 +5,9 @@ workers), so its analyser never shares dlib objects with another thread. One wat
 at every feed's reader each second (CameraFeed.watch).
 
 With several processes on one store each camera is read by one of them (webapp.camera_claims): the others
-show it as read `elsewhere`, ask for it again every CLAIM_EVERY_S (so a dead owner's cameras are taken
-over), and follow the table's changes made on any process at that pace.
+answer with its frames as relayed through the data folder (webapp.camera_relay), ask for it again every
+CLAIM_EVERY_S (so a dead owner's cameras are taken over), and follow the table's changes made on any process
+at that pace.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from flask import Flask
 from model.tracking import FULL_RATE_FPS
 from webapp import camera_claims, db
 from webapp.camera_claims import SoleClaims
+from webapp.camera_relay import Relay, Relayed
+from webapp.cameras import Analysed
 from webapp.cameras import WATCHDOG_EVERY_S, CameraFeed, FeedOptions, options_for
 from webapp.cameras_store import Camera, CameraRefused, file_dirs, list_cameras, parse_source, scrub
 from webapp.live_stream import LiveStream
@@ -51,19 +54,20 @@ class CameraManager:
     :param stream_options: LiveStream keyword arguments (unknown_frames, tracker_options, on_event).
     :param claims: which cameras this process reads (webapp.camera_claims; default: all of them).
     :param database: the store, read every CLAIM_EVERY_S when the claims are shared.
+    :param relay: hands the newest frames of the cameras read here to the other processes, and theirs here.
     """
 
     def __init__(self, service, archive, defaults: FeedOptions, *, first_twin: int, min_recognise_px: int,
                  allowed_dirs: list[Path], stream_options: dict | None = None,
                  announce: Callable[[str], None] | None = None, claims: SoleClaims | None = None,
-                 database: str | None = None):
+                 database: str | None = None, relay: Relay | None = None):
         self.service, self.archive, self.defaults = service, archive, defaults
         self.announce = announce  # tells the home-automation sinks a camera exists (Notifier.announce_camera)
         self.allowed_dirs = allowed_dirs
         self.first_twin, self.min_recognise_px = first_twin, min_recognise_px
         self.stream_options = dict(stream_options or {})
         self._feeds: dict[int, CameraFeed] = {}
-        self.claims, self.database = claims or SoleClaims(), database
+        self.claims, self.database, self.relay = claims or SoleClaims(), database, relay
         self._refused: dict[int, tuple[Camera, str]] = {}  # camera id -> (its row, why its source is refused)
         self._elsewhere: dict[int, str] = {}  # camera id -> who reads it (another process holds its claim)
         self._twins: dict[int, int] = {}  # camera id -> its twin's index
@@ -106,6 +110,8 @@ class CameraManager:
         if self._elsewhere.pop(camera.id, None) is not None:
             log.info("camera %d (%s): read by this process (%s) from now on", camera.id, camera.name,
                      camera_claims.whoami())
+            if self.relay is not None:
+                self.relay.drop(camera.id)  # the last owner's frame, if it died
         try:
             source = parse_source(camera.url, self.allowed_dirs)
         except CameraRefused as exc:  # e.g. its file's folder is no longer allowed: shown as its state
@@ -113,6 +119,8 @@ class CameraManager:
             log.warning("camera %d (%s) not started: %s", camera.id, camera.name, self._refused[camera.id][1])
             return
         feed = CameraFeed(camera, source, options_for(camera, self.defaults), lambda: self._new_stream(feed))
+        if self.relay is not None:
+            feed.on_result = self._relay_out
         with self._lock:
             self._feeds[camera.id] = feed
         feed.start()
@@ -132,6 +140,8 @@ class CameraManager:
             self._refused.pop(camera_id, None)
         if feed is not None:
             feed.stop()
+            if self.relay is not None:
+                self.relay.drop(camera_id)
 
     def stop(self) -> None:
         """Stop every feed and the watchdog (app teardown, tests, process exit)."""
@@ -142,6 +152,8 @@ class CameraManager:
             feed.stop(wait_s=0)
         for feed in feeds:
             feed.stop(wait_s=STOP_WAIT_S)
+            if self.relay is not None:
+                self.relay.drop(feed.camera.id)
         if self._watchdog is not None:
             self._watchdog.join(2 * WATCHDOG_EVERY_S)
         if self._claimer is not None:
@@ -157,14 +169,38 @@ class CameraManager:
         """Who reads the camera when another process does (None: this one, or nobody)."""
         return self._elsewhere.get(camera_id)
 
+    def newest(self, camera_id: int, frame_id: int | None = None) -> Analysed | Relayed | None:
+        """The camera's newest analysed frame (or the kept one with frame_id): read here, or relayed from the
+        process that reads it (which is asked for its frames from now on)."""
+        feed = self.feed(camera_id)
+        if feed is not None:
+            return feed.latest(frame_id)
+        return self._relayed(camera_id)
+
+    def _relayed(self, camera_id: int) -> Relayed | None:
+        if self.relay is None or self.reader(camera_id) is None:
+            return None
+        self.relay.ask(camera_id)
+        return self.relay.get(camera_id)
+
+    def _relay_out(self, feed: CameraFeed, result: Analysed) -> None:
+        """After each analysed frame: the frame to the other processes while one of them asks for it."""
+        try:
+            if self.relay.wanted(feed.camera.id):
+                self.relay.put(feed.camera.id, result.frame_id, result.answer, feed.status(), result.jpeg())
+        except OSError as exc:  # the data folder is full or gone: this process still shows the camera
+            log.warning("%s: could not hand its frame to the other processes: %s", feed.label, exc)
+
     def status(self, camera: Camera) -> dict:
         """The camera's state; with shared claims also `reader`, the process that reads it."""
         feed = self.feed(camera.id)
         elsewhere = self.reader(camera.id) if camera.enabled else None
         if feed is not None:
             answer = feed.status()
+        elif elsewhere is not None and (relayed := self._relayed(camera.id)) is not None:
+            answer = dict(relayed.status)  # as the reader sees it
         elif elsewhere is not None:
-            answer = {"state": "elsewhere", "error": f"read by {elsewhere}, which shows its picture and faces",
+            answer = {"state": "elsewhere", "error": f"read by {elsewhere}; no frame from it yet",
                       "fps": 0.0, "width": None, "height": None, "frames": 0, "last_frame_at": None}
         else:
             state = "offline" if camera.enabled else "disabled"
@@ -270,13 +306,14 @@ def init_app(app: Flask) -> CameraManager:
                            retry_max_s=config["CAMERA_RETRY_MAX_S"])
     _check(defaults, config["LIVE_MAX_FPS"])
     live = app.extensions["live"]
+    claims = camera_claims.for_app(config)
     manager = CameraManager(
         app.extensions["faces"], live.archive, defaults, first_twin=live.workers,
         min_recognise_px=config["MIN_RECOGNISE_PX"], allowed_dirs=file_dirs(config["CAMERA_FILE_DIRS"]),
         stream_options={"unknown_frames": live.unknown_frames, "tracker_options": live.tracker_options,
                         "on_event": live.on_event},  # track events (MQTT, webhooks) name the camera
         announce=app.extensions["notifier"].announce_camera,
-        claims=camera_claims.for_app(config), database=config["DATABASE"],
+        claims=claims, database=config["DATABASE"], relay=Relay(config["DATA_DIR"]) if claims.shared else None,
     )
     app.extensions[EXTENSION] = manager
     conn = db.connect(config["DATABASE"])

@@ -24,7 +24,7 @@ from web_helpers import (
 )
 
 from fakes import fake_recognizer
-from webapp import camera_manager, create_app
+from webapp import camera_manager, camera_relay, create_app
 
 # A camera left by its owner is taken over on the other's next claim round, plus its first frame.
 TAKE_OVER_S = camera_manager.CLAIM_EVERY_S + 4.0
@@ -68,16 +68,18 @@ def test_one_process_reads_a_camera_and_the_other_takes_it_over(two_apps, frames
     camera = add(clients[0], "Door", str(write_video(videos / "door.avi", picture)))
     assert camera["id"] == 1
     # The other app sees the new row on its next claim round and finds the camera taken.
-    assert wait_for(lambda: status(clients[1], 1)["state"] == "elsewhere", timeout=TAKE_OVER_S)
+    assert wait_for(lambda: status(clients[1], 1)["reader"], timeout=TAKE_OVER_S)
     assert wait_for(lambda: named(clients[0], 1, "Ada"))
     assert readers(apps) == [0]
+    # The other answers with the owner's frames, relayed through the data folder.
+    relayed = wait_for(lambda: named(clients[1], 1, "Ada"))
     other = status(clients[1], 1)
     assert other["reader"] == status(clients[0], 1)["reader"] == f"process {os.getpid()} on {os.uname().nodename}"
-    assert "read by process" in other["error"]
-    faces = clients[1].get("/api/cameras/1/faces").get_json()
-    assert faces["faces"] == [] and faces["frame_url"] is None and faces["status"]["state"] == "elsewhere"
-    answer = clients[1].get("/api/cameras/1/frame.jpg")
-    assert answer.status_code == 404 and "read by process" in answer.get_json()["error"]
+    assert other["state"] == "online" and other["frames"] > 0
+    picture = clients[1].get(relayed["frame_url"])
+    assert picture.status_code == 200 and picture.mimetype == "image/jpeg"
+    assert int(picture.headers["X-Frame-Id"]) >= relayed["frame_id"]
+    assert cv2.imdecode(np.frombuffer(picture.data, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (480, 640)
     assert "Door" in clients[1].get("/cameras").get_data(as_text=True)
     time.sleep(2 * camera_manager.CLAIM_EVERY_S)  # several claim rounds: nothing changes hands
     assert readers(apps) == [0]
@@ -87,7 +89,7 @@ def test_one_process_reads_a_camera_and_the_other_takes_it_over(two_apps, frames
     assert wait_for(lambda: readers(apps) == [], timeout=TAKE_OVER_S)
     assert status(clients[0], 1)["state"] == status(clients[1], 1)["state"] == "disabled"
     assert clients[1].patch("/api/cameras/1", json={"enabled": True}).status_code == 200
-    assert wait_for(lambda: len(readers(apps)) == 1 and "elsewhere" in [status(c, 1)["state"] for c in clients],
+    assert wait_for(lambda: len(readers(apps)) == 1 and all(status(c, 1)["reader"] for c in clients),
                     timeout=TAKE_OVER_S)
     [owner] = readers(apps)
     other = 1 - owner
@@ -96,9 +98,8 @@ def test_one_process_reads_a_camera_and_the_other_takes_it_over(two_apps, frames
     # The owner stops (its lock goes with it): the other reads the camera within a claim round.
     stopped_at = time.monotonic()
     apps[owner].extensions["cameras"].stop()
-    assert wait_for(lambda: named(clients[other], 1, "Ada"), timeout=TAKE_OVER_S)
+    assert wait_for(lambda: readers(apps) == [other] and named(clients[other], 1, "Ada"), timeout=TAKE_OVER_S)
     took_s = time.monotonic() - stopped_at
-    assert readers(apps) == [other]
     apps[other].extensions["cameras"].stop()
     # Each stretch of reading was one track, written once: one reader at a time, never two sightings at once.
     ada = [row for row in sightings(apps[0]) if row[0] == "Ada"]
@@ -106,12 +107,27 @@ def test_one_process_reads_a_camera_and_the_other_takes_it_over(two_apps, frames
     print(f"\ntaken over {took_s:.2f} s after the owner stopped")
 
 
+def test_without_fresh_frames_the_other_says_who_reads_the_camera(two_apps, monkeypatch):
+    apps, videos = two_apps
+    clients = [log_in(app.test_client()) for app in apps]
+    add(clients[0], "Door", str(write_video(videos / "door.avi", np.full((240, 320, 3), 90, np.uint8))))
+    assert wait_for(lambda: status(clients[0], 1)["state"] == "online")
+    monkeypatch.setattr(camera_relay, "FRESH_S", -1.0)  # every relayed frame is too old, as after a kill -9
+    assert wait_for(lambda: status(clients[1], 1)["state"] == "elsewhere", timeout=TAKE_OVER_S)
+    assert status(clients[1], 1)["error"] == f"read by process {os.getpid()} on {os.uname().nodename}; no frame from it yet"
+    faces = clients[1].get("/api/cameras/1/faces").get_json()
+    assert faces["faces"] == [] and faces["frame_url"] is None and faces["status"]["state"] == "elsewhere"
+    answer = clients[1].get("/api/cameras/1/frame.jpg")
+    assert answer.status_code == 404 and "read by process" in answer.get_json()["error"]
+    assert readers(apps) == [0]
+
+
 @pytest.mark.both_engines
 def test_a_camera_deleted_elsewhere_stops_and_its_lock_is_free(two_apps, frames):
     apps, videos = two_apps
     clients = [log_in(app.test_client()) for app in apps]
     add(clients[0], "Door", str(write_video(videos / "door.avi", np.full((240, 320, 3), 90, np.uint8))))
-    assert wait_for(lambda: status(clients[1], 1)["state"] == "elsewhere", timeout=TAKE_OVER_S)
+    assert wait_for(lambda: status(clients[1], 1)["reader"], timeout=TAKE_OVER_S)
     assert clients[1].delete("/api/cameras/1").status_code == 200
     assert wait_for(lambda: readers(apps) == [], timeout=TAKE_OVER_S)
     assert apps[1].extensions["cameras"].claims.claim(1)  # the owner let go of it
@@ -166,7 +182,8 @@ def test_kill_9_of_the_owner_hands_the_camera_over(tmp_path, database_url):
             if own_state(session, other_url, other.pid) is not None:  # the other one reads it: swap
                 (owner, owner_url), (other, other_url) = (other, other_url), (owner, owner_url)
             assert wait_for(lambda: own_state(session, owner_url, owner.pid) == "online")
-            assert session.get(f"{other_url}/api/cameras/1", timeout=5).json()["status"]["state"] == "elsewhere"
+            seen = session.get(f"{other_url}/api/cameras/1", timeout=5).json()["status"]  # relayed
+            assert seen["reader"].startswith(f"process {owner.pid} "), seen
             killed_at = time.monotonic()
             os.kill(owner.pid, signal.SIGKILL)
             owner.wait()
