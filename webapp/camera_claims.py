@@ -13,6 +13,7 @@ owner died is taken over within about that long.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -65,7 +66,7 @@ class FileClaims(SoleClaims):
     def __init__(self, data_dir: Path):
         self.folder = Path(data_dir) / LOCKS_DIR
         self.folder.mkdir(mode=files.PRIVATE_DIR, exist_ok=True)
-        self._held: dict[int, int] = {}  # camera id -> the locked file's descriptor
+        self._held: dict[int, io.FileIO] = {}  # camera id -> the locked file, open (closed when collected, too)
         self._lock = threading.Lock()
 
     def _path(self, camera_id: int) -> Path:
@@ -78,16 +79,17 @@ class FileClaims(SoleClaims):
             fd = files.try_lock(self._path(camera_id))
             if fd is None:
                 return False
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, whoami().encode(), 0)
-            self._held[camera_id] = fd
+            held = io.FileIO(fd, "r+")
+            held.truncate(0)
+            held.write(whoami().encode())
+            self._held[camera_id] = held
             return True
 
     def release(self, camera_id: int) -> None:
         with self._lock:
-            fd = self._held.pop(camera_id, None)
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor of the open file lets go of its flock
+            held = self._held.pop(camera_id, None)
+        if held is not None:
+            held.close()  # closing the last descriptor of the open file lets go of its flock
 
     def holder(self, camera_id: int) -> str | None:
         try:

@@ -40,6 +40,8 @@ _running: weakref.WeakSet = weakref.WeakSet()
 STOP_WAIT_S = 5.0
 # With several processes: how often one asks for the cameras another holds and reads the table again.
 CLAIM_EVERY_S = 2.0
+# A camera read here that analysed no frame for this long has its status alone relayed by the claim round.
+RELAY_STATE_S = 1.0
 
 
 class CameraManager:
@@ -175,7 +177,8 @@ class CameraManager:
         feed = self.feed(camera_id)
         if feed is not None:
             return feed.latest(frame_id)
-        return self._relayed(camera_id)
+        relayed = self._relayed(camera_id)
+        return relayed if relayed is not None and relayed.frame_id is not None else None
 
     def _relayed(self, camera_id: int) -> Relayed | None:
         if self.relay is None or self.reader(camera_id) is None:
@@ -187,7 +190,7 @@ class CameraManager:
         """After each analysed frame: the frame to the other processes while one of them asks for it."""
         try:
             if self.relay.wanted(feed.camera.id):
-                self.relay.put(feed.camera.id, result.frame_id, result.answer, feed.status(), result.jpeg())
+                self.relay.put(feed.camera.id, feed.status(), result.frame_id, result.answer, result.jpeg())
         except OSError as exc:  # the data folder is full or gone: this process still shows the camera
             log.warning("%s: could not hand its frame to the other processes: %s", feed.label, exc)
 
@@ -267,6 +270,24 @@ class CameraManager:
             if feed is None and refused is None and not camera.enabled and camera.id not in self._elsewhere:
                 continue
             self.sync(camera)
+        if self.relay is not None:
+            self._relay_states(cameras)
+
+    def _relay_states(self, cameras: list[Camera]) -> None:
+        """The status of the cameras read here, asked for elsewhere, that gave no frame in the last
+        RELAY_STATE_S (offline, refused): the others show why."""
+        for camera in cameras:
+            feed = self.feed(camera.id)
+            if feed is None and camera.id not in self._refused:
+                continue
+            latest = feed.latest() if feed is not None else None
+            if latest is not None and time.time() - latest.at < RELAY_STATE_S:
+                continue
+            try:
+                if self.relay.wanted(camera.id):
+                    self.relay.put(camera.id, self.status(camera))
+            except OSError as exc:
+                log.warning("camera %d: could not hand its state to the other processes: %s", camera.id, exc)
 
     def _watch(self) -> None:
         while not self._stopping.wait(WATCHDOG_EVERY_S):

@@ -4,7 +4,8 @@ data folder, so every process behind the load balancer shows the camera (webapp.
 - A process that does not read the camera and is asked about it touches `<data dir>/cameras/<id>.wanted`.
 - The reader, after each analysed frame, looks at that file's mtime (one stat); while it is under WANTED_S
   old, it writes `<id>.frame`: one JSON line (the `faces` answer and the status), then the frame's JPEG,
-  renamed into place whole. Nobody asking elsewhere costs the reader that one stat per frame.
+  renamed into place whole. Nobody asking elsewhere costs the reader that one stat per frame. A camera
+  that gives no frames (offline, refused) has its status alone written by the reader's claim round.
 - The others answer from `<id>.frame` while it is under FRESH_S old (the reader died or stopped: nothing).
 """
 
@@ -28,8 +29,8 @@ FRESH_S = 3.0
 class Relayed:
     """The reader's newest analysed frame as another process sees it."""
 
-    frame_id: int
-    answer: dict
+    frame_id: int | None  # None: the status alone (no analysed frame lately)
+    answer: dict | None
     status: dict
     picture: bytes  # JPEG
 
@@ -63,8 +64,9 @@ class Relay:
         age = self._age(self._path(camera_id, "wanted"))
         return age is not None and age < WANTED_S
 
-    def put(self, camera_id: int, frame_id: int, answer: dict, status: dict, jpeg: bytes) -> None:
-        """The reader's newest frame, replacing the last one whole."""
+    def put(self, camera_id: int, status: dict, frame_id: int | None = None, answer: dict | None = None,
+            jpeg: bytes = b"") -> None:
+        """The reader's newest frame (or its status alone), replacing the last one whole."""
         header = json.dumps({"frame_id": frame_id, "answer": answer, "status": status}).encode()
         files.write_atomic(self._path(camera_id, "frame"), header + b"\n" + jpeg, durable=False)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_cameras import add, enrolled_frame, frames, make_camera_app, named, sightings, status, wait_for  # noqa: F401
 from web_helpers import (
-    ENROLLED, TEST_THRESHOLD, enroll_json, log_in, prepare_data_dir, server_session, start_server, stop_process,
+    ENROLLED, TEST_THRESHOLD, enroll_json, free_port, log_in, prepare_data_dir, server_session, start_server, stop_process,
 )
 
 from fakes import fake_recognizer
@@ -120,6 +120,19 @@ def test_without_fresh_frames_the_other_says_who_reads_the_camera(two_apps, monk
     answer = clients[1].get("/api/cameras/1/frame.jpg")
     assert answer.status_code == 404 and "read by process" in answer.get_json()["error"]
     assert readers(apps) == [0]
+
+
+def test_the_other_shows_why_a_camera_is_offline(two_apps):
+    apps, _ = two_apps
+    clients = [log_in(app.test_client()) for app in apps]
+    add(clients[0], "Gone", f"http://127.0.0.1:{free_port()}/stream.mjpg")  # nothing listens there
+    assert wait_for(lambda: status(clients[0], 1)["state"] == "offline")
+    # The owner gives no frames; its claim round hands over its status while the other asks.
+    assert wait_for(lambda: status(clients[1], 1)["reader"] and status(clients[1], 1)["state"] == "offline",
+                    timeout=TAKE_OVER_S)
+    seen = status(clients[1], 1)
+    assert "refused" in seen["error"] and seen["reader"] == f"process {os.getpid()} on {os.uname().nodename}"
+    assert readers(apps) == [0] and clients[1].get("/api/cameras/1/frame.jpg").status_code == 404
 
 
 @pytest.mark.both_engines
