@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from test_cameras import add, enrolled_frame, frames, make_camera_app, named, sightings, status, wait_for  # noqa: F401
 from web_helpers import (
-    ENROLLED, TEST_THRESHOLD, enroll_json, free_port, log_in, prepare_data_dir, server_session, start_server, stop_process,
+    ENROLLED, TEST_THRESHOLD, enroll_json, free_port, log_in, prepare_data_dir, server_session, start_server,
+    stop_process,
 )
 
 from fakes import fake_recognizer
@@ -28,6 +29,7 @@ from webapp import camera_manager, camera_relay, create_app
 
 # A camera left by its owner is taken over on the other's next claim round, plus its first frame.
 TAKE_OVER_S = camera_manager.CLAIM_EVERY_S + 4.0
+ME = f"process {os.getpid()} on {os.uname().nodename}"  # both apps of a test run in this process
 
 
 def write_video(path: Path, picture: np.ndarray, frames_n: int = 20) -> Path:
@@ -74,7 +76,7 @@ def test_one_process_reads_a_camera_and_the_other_takes_it_over(two_apps, frames
     # The other answers with the owner's frames, relayed through the data folder.
     relayed = wait_for(lambda: named(clients[1], 1, "Ada"))
     other = status(clients[1], 1)
-    assert other["reader"] == status(clients[0], 1)["reader"] == f"process {os.getpid()} on {os.uname().nodename}"
+    assert other["reader"] == status(clients[0], 1)["reader"] == ME
     assert other["state"] == "online" and other["frames"] > 0
     picture = clients[1].get(relayed["frame_url"])
     assert picture.status_code == 200 and picture.mimetype == "image/jpeg"
@@ -114,7 +116,7 @@ def test_without_fresh_frames_the_other_says_who_reads_the_camera(two_apps, monk
     assert wait_for(lambda: status(clients[0], 1)["state"] == "online")
     monkeypatch.setattr(camera_relay, "FRESH_S", -1.0)  # every relayed frame is too old, as after a kill -9
     assert wait_for(lambda: status(clients[1], 1)["state"] == "elsewhere", timeout=TAKE_OVER_S)
-    assert status(clients[1], 1)["error"] == f"read by process {os.getpid()} on {os.uname().nodename}; no frame from it yet"
+    assert status(clients[1], 1)["error"] == f"read by {ME}; no frame from it yet"
     faces = clients[1].get("/api/cameras/1/faces").get_json()
     assert faces["faces"] == [] and faces["frame_url"] is None and faces["status"]["state"] == "elsewhere"
     answer = clients[1].get("/api/cameras/1/frame.jpg")
@@ -131,7 +133,7 @@ def test_the_other_shows_why_a_camera_is_offline(two_apps):
     assert wait_for(lambda: status(clients[1], 1)["reader"] and status(clients[1], 1)["state"] == "offline",
                     timeout=TAKE_OVER_S)
     seen = status(clients[1], 1)
-    assert "refused" in seen["error"] and seen["reader"] == f"process {os.getpid()} on {os.uname().nodename}"
+    assert "refused" in seen["error"] and seen["reader"] == ME
     assert readers(apps) == [0] and clients[1].get("/api/cameras/1/frame.jpg").status_code == 404
 
 
