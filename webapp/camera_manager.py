@@ -212,7 +212,8 @@ class CameraManager:
             answer = {"state": state, "error": error, "fps": 0.0, "width": None, "height": None, "frames": 0,
                       "last_frame_at": None}
         if self.claims.shared:
-            answer["reader"] = elsewhere or (camera_claims.whoami() if feed is not None else None)
+            held_here = feed is not None or camera.id in self._refused
+            answer["reader"] = elsewhere or (camera_claims.whoami() if held_here else None)
         return answer
 
     def _twin(self, camera_id: int):
