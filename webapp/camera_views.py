@@ -10,7 +10,9 @@ API (errors are {"error": message} with a 4xx status):
   DELETE /api/cameras/<id>               {"deleted": id}
   POST   /api/cameras/<id>/test          the same test on the stored URL
   GET    /api/cameras/<id>/faces         the newest analysed frame's `faces` answer (the live event's shape)
-                                         plus camera_id, status and frame_url (that frame's picture)
+                                         plus camera_id, status and frame_url (that frame's picture);
+                                         with several processes, one reads the camera (status.reader) and
+                                         the others answer with its frames (webapp.camera_relay)
   GET    /api/cameras/<id>/frame.jpg     the newest analysed frame as JPEG (?frame_id=N: that one, while kept)
 """
 
@@ -135,8 +137,7 @@ def _test_timeout() -> float:
 @bp.get("/api/cameras/<int:camera_id>/faces")
 def faces(camera_id: int):
     camera = cameras_store.get_camera(get_db(), camera_id)
-    feed = _manager().feed(camera_id)
-    latest = feed.latest() if feed is not None else None
+    latest = _manager().newest(camera_id)
     answer = dict(latest.answer) if latest is not None else {"frame_id": None, "width": None, "height": None,
                                                               "faces": [], "ms": None}
     answer.update(camera_id=camera_id, status=_manager().status(camera), frame_url=None)
@@ -153,8 +154,9 @@ def frame(camera_id: int):
         wanted = None if frame_id is None else parse_row_id(frame_id)
     except ValueError:
         raise BadRequest("frame_id must be a frame number (0, 1, ...)") from None
-    feed = _manager().feed(camera_id)
-    latest = feed.latest(wanted) if feed is not None else None
+    latest = _manager().newest(camera_id, wanted)
+    if latest is None and _manager().reader(camera_id):  # several processes: another one reads it
+        raise NotFound(f"this camera is read by {_manager().reader(camera_id)}, which has sent no frame yet")
     if latest is None:
         raise NotFound("this camera has no analysed frame yet (it is connecting, offline or disabled)")
     response = Response(latest.jpeg(), mimetype="image/jpeg")

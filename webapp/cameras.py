@@ -108,6 +108,7 @@ class CameraFeed:
         self._pass_jpeg = True  # MJPEG frames are kept as JPEG until analysed (camera_sources.pass_jpeg_through)
         self._reader: threading.Thread | None = None
         self._analyser: threading.Thread | None = None
+        self.on_result: Callable[[CameraFeed, Analysed], None] | None = None  # after each analysed frame
 
     @property
     def label(self) -> str:
@@ -312,6 +313,8 @@ class CameraFeed:
             self._analysed_at.append(now)
             while self._analysed_at and self._analysed_at[0] < now - FPS_WINDOW_S:
                 self._analysed_at.popleft()
+        if self.on_result is not None:
+            self.on_result(self, result)
 
     # --- what the pages see ---------------------------------------------------------------
 

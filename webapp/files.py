@@ -42,6 +42,18 @@ def locked(path: Path | str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def try_lock(path: Path | str) -> int | None:
+    """Take an exclusive lock on an (owner-only) lock file without waiting: its open descriptor, held until
+    os.close (or the process's death: the kernel lets go), or None when another open holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def make_private(data_dir: Path) -> None:
     """Owner-only modes for the data folder, its sub-folders and files (also those made by older versions)."""
     os.chmod(data_dir, PRIVATE_DIR)
@@ -81,14 +93,19 @@ def jpeg(pixels: NDArray[np.uint8], quality: int, side: int | None = None) -> by
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to .<name>.tmp, sync, rename: a crash leaves the old state or the new file, never half of one.
+
+    durable=False skips the sync, for files that are only worth anything for a few seconds: readers still see
+    the old file or the new one whole (the rename), but a power cut may leave either.
+    """
     path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
