@@ -252,8 +252,10 @@ class Jobs:
             record.state = "failed" if record.error else "done"
         elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             record.state = "failed"
-            record.error = meta.get("error") or (ABANDONED if "Abandoned" in (job.exc_info or "") else
-                                                 f"the job stopped: {(job.exc_info or status).strip().splitlines()[-1]}")
+            result = job.latest_result()
+            why = (result.exc_string if result is not None else None) or str(status)
+            record.error = meta.get("error") or (
+                ABANDONED if "Abandoned" in why else f"the job stopped: {why.strip().splitlines()[-1]}")
         elif status == JobStatus.STARTED:
             record.state = "running"
         return record
