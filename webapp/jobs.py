@@ -47,6 +47,7 @@ QUEUE = "faces-batch"
 JOB_TIMEOUT_S = 12 * 3600  # the longest a job may run: an import of 100 000 photos at ~3 photos/s
 HEARTBEAT_S = 2
 HEARTBEAT_TTL_S = 10  # a running job whose worker has not beaten for this long is marked failed
+KEEP_FINISHED_S = 3600  # a finished job's counts stay readable this long (and stop a new job of its id)
 KEEP_FAILED_S = 24 * 3600
 PROGRESS_EVERY_S = 0.2  # the worker writes a job's progress to Redis at most this often (and at the end)
 PURGE_KEEP_S = 600  # app processes starting within this of a purge do not run another one
@@ -141,11 +142,12 @@ class Jobs:
         return Queue(QUEUE, connection=connection or self.redis, serializer=JSONSerializer,
                      default_timeout=JOB_TIMEOUT_S)
 
-    def submit(self, fn: Callable[..., dict | None], job_id: str, *args: Any, keep_s: float = 0,
+    def submit(self, fn: Callable[..., dict | None], job_id: str, *args: Any, keep_s: float = KEEP_FINISHED_S,
                on_end: Callable[[], None] | None = None, inline: bool = False) -> tuple[Record, bool]:
         """Run fn(run, *args) once, in the worker when Redis answers, else on a daemon thread here.
 
-        :param keep_s: a finished job of this id stops a new one for this long (0: only while it runs).
+        :param keep_s: a queued job's outcome is kept this long after it ends; meanwhile it stops a new one of
+            its id.
         :param on_end: called when a job run here ends (not for a queued one).
         :param inline: run here in the calling thread (and return when done) instead of on a new one.
         :return: the job's record and whether this call started it (False: one of that id is under way).
@@ -206,7 +208,7 @@ class Jobs:
 
     def went_down(self, exc: Exception) -> None:
         if not self._down:
-            log.error("the job queue at %s is unreachable (%s): batch work runs in this process until it is back",
+            log.error("the job queue at %s does not answer (%s): batch work runs in this process until it does",
                       redis_link.shown(self.url), exc)
         self._down = True
 

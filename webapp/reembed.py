@@ -49,8 +49,11 @@ class Reembedder:
             return self._last
         if record.queued:  # in the worker: read it from Redis (any process shows the same)
             try:
-                record = self.jobs.read(record.id) or record
+                record = self.jobs.read(record.id)
             except QueueUnreachable:
+                return self._last
+            if record is None:  # its outcome expired (webapp.jobs.KEEP_FINISHED_S): it ended long ago
+                self._last = {**self._last, "state": "done"}
                 return self._last
         self._last = {"state": STATES[record.state], "done": record.done, "total": record.total or self.total,
                       "failed": (record.outcome or {}).get("failed", record.extra.get("failed", 0))}
