@@ -111,6 +111,8 @@ def run_queued(function: str, *args: Any) -> dict:
     """What RQ runs in the worker: the job function by name, its progress and error in the job's meta."""
     job = get_current_job()
     module, _, attribute = function.partition(":")
+    if not module.startswith("webapp."):  # the name came through Redis: only the app's own job functions
+        raise ValueError(f"not a job of this app: {function!r}")
     fn = getattr(importlib.import_module(module), attribute)
 
     def save(record: Record) -> None:
@@ -345,6 +347,7 @@ def worker_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(settings.from_env())
     app.config.update(config or {})
     app.config["DATA_DIR"] = Path(app.config["DATA_DIR"]).resolve()
+    app.config["DATA_DIR"].mkdir(parents=True, exist_ok=True)
     if app.config.get("DATABASE_URL"):  # as create_app does
         app.config["DATABASE"] = db.check_url(app.config["DATABASE_URL"])
     elif not app.config["DATABASE"]:
