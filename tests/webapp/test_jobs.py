@@ -58,10 +58,13 @@ def stop(*apps) -> None:
                 app.extensions[name].stop()
 
 
-def start_worker(tmp_path, data_dir, url: str, slow_s: float = 0.0) -> subprocess.Popen:
+def start_worker(tmp_path, data_dir, url: str, slow_s: float = 0.0, database_url: str | None = None):
     log = open(tmp_path / "worker.log", "ab")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    if database_url:
+        env["FACES_DATABASE_URL"] = database_url
     return subprocess.Popen([sys.executable, WORKER, str(data_dir), url, str(slow_s)], stdout=log,
-                            stderr=subprocess.STDOUT, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                            stderr=subprocess.STDOUT, env=env)
 
 
 def zip_of(photo, people: dict[str, list[int]]) -> bytes:
@@ -85,8 +88,9 @@ def progress(client, url: str) -> dict:
     return answer.get_json()
 
 
-def count(data_dir, table: str) -> int:
-    conn = db.connect(data_dir / "faces.db")
+def count(where, table: str) -> int:
+    """Rows in a table of the data folder's SQLite file, or of an app's database."""
+    conn = db.connect(where.config["DATABASE"] if hasattr(where, "config") else where / "faces.db")
     try:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     finally:
@@ -143,11 +147,12 @@ def test_three_apps_starting_on_one_folder_queue_the_purge_and_the_reembedding_o
         stop(old, *apps)
 
 
+@pytest.mark.both_engines
 def test_an_import_through_one_app_runs_in_the_worker_and_its_progress_is_read_through_another(
-        tmp_path, redis_url, photo):
+        tmp_path, redis_url, photo, database_url):
     data_dir = prepare_data_dir(tmp_path / "data")
-    a, b = new_app(data_dir, REDIS_URL=redis_url), new_app(data_dir, REDIS_URL=redis_url)
-    worker = start_worker(tmp_path, data_dir, redis_url)
+    a, b = (new_app(data_dir, REDIS_URL=redis_url, DATABASE_URL=database_url) for _ in range(2))
+    worker = start_worker(tmp_path, data_dir, redis_url, database_url=database_url)
     try:
         client_a, client_b = log_in(a.test_client()), log_in(b.test_client())
         data = zip_of(photo, {ENROLLED: [1, 2, 3], STRANGER: [1, 2]})
@@ -163,7 +168,7 @@ def test_an_import_through_one_app_runs_in_the_worker_and_its_progress_is_read_t
         assert (answer["done"], answer["total"]) == (5, 5) and answer["result"]["photos_added"] == 5
         assert sorted(answer["result"]["people"]) == sorted([ENROLLED, STRANGER])
         print(f"\nimport of 5 photos through the worker: {seconds:.2f} s from the POST to done")
-        assert count(data_dir, "photos") == 5 and list(data_dir.glob(".import-*")) == []
+        assert count(a, "photos") == 5 and list(data_dir.glob(".import-*")) == []
         assert wait_for(lambda: len(b.extensions["faces"].gallery) == 5, 5.0) is not None  # the change log
         again = start_import(client_b, data)  # the lock is free again; everything is a duplicate now
         assert wait_for(lambda: progress(client_a, again["url"])["state"] != "running", 60.0) is not None
@@ -175,10 +180,11 @@ def test_an_import_through_one_app_runs_in_the_worker_and_its_progress_is_read_t
         stop(a, b)
 
 
-def test_a_worker_killed_mid_import_leaves_the_job_failed_and_no_rows(tmp_path, redis_url, photo):
+@pytest.mark.both_engines
+def test_a_worker_killed_mid_import_leaves_the_job_failed_and_no_rows(tmp_path, redis_url, photo, database_url):
     data_dir = prepare_data_dir(tmp_path / "data")
-    a, b = new_app(data_dir, REDIS_URL=redis_url), new_app(data_dir, REDIS_URL=redis_url)
-    worker = start_worker(tmp_path, data_dir, redis_url, slow_s=0.3)
+    a, b = (new_app(data_dir, REDIS_URL=redis_url, DATABASE_URL=database_url) for _ in range(2))
+    worker = start_worker(tmp_path, data_dir, redis_url, slow_s=0.3, database_url=database_url)
     try:
         client_a, client_b = log_in(a.test_client()), log_in(b.test_client())
         data = zip_of(photo, {ENROLLED: [1, 2, 3, 4, 5, 6]})
@@ -193,12 +199,12 @@ def test_a_worker_killed_mid_import_leaves_the_job_failed_and_no_rows(tmp_path, 
         print(f"\nkilled worker's job read as failed {time.monotonic() - killed:.1f} s after the kill")
         failed = progress(client_a, job["url"])
         assert "worker stopped" in failed["error"] and failed["status"] == 500 and failed["result"] is None
-        assert count(data_dir, "photos") == 0 and count(data_dir, "people") == 0  # one transaction, never reached
+        assert count(a, "photos") == 0 and count(a, "people") == 0  # one transaction, never reached
 
-        worker = start_worker(tmp_path, data_dir, redis_url)  # submitted again: the lock was freed with the job
+        worker = start_worker(tmp_path, data_dir, redis_url, database_url=database_url)  # submitted again: the lock was freed with the job
         retry = start_import(client_b, data)
         assert wait_for(lambda: progress(client_a, retry["url"])["state"] != "running", 60.0) is not None
-        assert progress(client_a, retry["url"])["result"]["photos_added"] == 6 and count(data_dir, "photos") == 6
+        assert progress(client_a, retry["url"])["result"]["photos_added"] == 6 and count(a, "photos") == 6
     finally:
         worker.terminate()
         worker.wait(20)
