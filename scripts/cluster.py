@@ -7,9 +7,10 @@ free port with a random password and nothing saved to disk; N `server.py` proces
 the data folder (a fresh one under /tmp unless --data-dir), each with FACES_LIVE_WORKERS = cores / N (and,
 with --pin, its own share of the cores through taskset); then HAProxy on --port with leastconn, health
 checks on /api/health, WebSocket tunnels and a cookie that keeps a browser's HTTP requests on one process
-(so an import's progress is asked of the process running it). With --postgres, a private PostgreSQL
-(scripts/private_postgres.py, its folder under /tmp kept after Ctrl-C) is the store of every process
-(FACES_DATABASE_URL) instead of SQLite. Logs go to files in a run folder it prints.
+(a page's requests stay where its session is). Beside them one job worker (`python -m webapp.jobs`) runs
+the batch work the processes queue in that Redis: imports, re-embedding, the start-up purge. With
+--postgres, a private PostgreSQL (scripts/private_postgres.py, its folder under /tmp kept after Ctrl-C) is
+the store of every process (FACES_DATABASE_URL) instead of SQLite. Logs go to files in a run folder it prints.
 Ctrl-C stops everything. The test suite (tests/webapp/test_cluster.py) and bench/cluster.py use `Cluster`.
 """
 
@@ -125,6 +126,10 @@ class App:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def label(self) -> str:
+        return f"server.py on port {self.port}" if self.port else "the job worker"
+
 
 @dataclass
 class Cluster:
@@ -147,6 +152,7 @@ class Cluster:
     redis_port: int = 0
     redis_password: str = field(default_factory=lambda: secrets.token_hex(16))
     haproxy: subprocess.Popen | None = None
+    worker: App | None = None  # the job worker (webapp/jobs.py); its `port` is 0
     postgres: bool = False  # a private PostgreSQL as the store instead of SQLite in the data folder
     pg: PrivatePostgres | None = None
 
@@ -179,6 +185,7 @@ class Cluster:
                 self.start_app(share)
             for app in self.apps:
                 wait_until(lambda app=app: get_json(app.url + HEALTH_PATH)[0] == 200, app, "load its model")
+            self.start_worker()
             self.start_haproxy()
         except BaseException:
             self.stop()
@@ -230,6 +237,25 @@ class Cluster:
         self.apps.append(app)
         return app
 
+    def start_worker(self) -> App:
+        """The job worker on the data folder and Redis; waits until it has registered in Redis (model loaded)."""
+        log_path = self.run_dir / "worker.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "webapp.jobs", "--data-dir", str(self.data_dir)],
+                                       cwd=PROJECT_DIR, env=self.app_env(None), stdout=log, stderr=subprocess.STDOUT)
+        self.worker = App(0, log_path, process)
+        wait_until(self._worker_registered, self.worker, "register in Redis")
+        return self.worker
+
+    def _worker_registered(self) -> bool:
+        import redis
+        from rq import Worker
+
+        try:
+            return Worker.count(connection=redis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0)) > 0
+        except redis.RedisError:
+            return False
+
     def start_haproxy(self, port: int | None = None, apps: list[App] | None = None,
                       name: str = "haproxy") -> subprocess.Popen:
         """HAProxy in front of `apps` (default: all) on `port` (default: the cluster's); waits for its port."""
@@ -248,10 +274,12 @@ class Cluster:
         return process
 
     def stop(self) -> None:
-        """Stop HAProxy, the apps (SIGTERM, then SIGKILL after STOP_WAIT_S) and Redis."""
+        """Stop HAProxy, the apps and the worker (SIGTERM, then SIGKILL after STOP_WAIT_S) and Redis."""
         _stop(self.haproxy)
         for app in self.apps:
             _stop(app.process)
+        if self.worker is not None:
+            _stop(self.worker.process)  # SIGTERM: RQ's warm shutdown, after the job at hand (or killed after 10 s)
         self.stop_redis()
         if self.pg is not None:
             self.pg.stop(keep=True)
@@ -278,10 +306,10 @@ def wait_until(done, app: App, what: str, timeout: float = START_TIMEOUT_S) -> N
     deadline = time.monotonic() + timeout
     while not done():
         if app.process.poll() is not None:
-            raise RuntimeError(f"server.py on port {app.port} exited with {app.process.returncode}:\n"
+            raise RuntimeError(f"{app.label} exited with {app.process.returncode}:\n"
                                f"{app.log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"server.py on port {app.port} did not {what} in {timeout:g} s; see {app.log}")
+            raise RuntimeError(f"{app.label} did not {what} in {timeout:g} s; see {app.log}")
         time.sleep(0.1)
 
 
@@ -301,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop() runs in the finally below
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even when started in the background
     try:
-        print(f"starting Redis, {args.processes} app process(es) and HAProxy (logs in the run folder) ...",
-              flush=True)
+        print(f"starting Redis, {args.processes} app process(es), a job worker and HAProxy (logs in the run "
+              "folder) ...", flush=True)
         cluster.start()
         print(f"Faces: {cluster.url}/  (data in {cluster.data_dir}; run folder {cluster.run_dir})")
         if cluster.pg is not None:
@@ -310,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         for app in cluster.apps:
             cores = f", cores {','.join(map(str, app.cores))}" if app.cores else ""
             print(f"  process {app.process.pid}: {app.url}{cores}, log {app.log}")
+        print(f"  job worker {cluster.worker.process.pid}: log {cluster.worker.log}")
         print("Ctrl-C stops everything.", flush=True)
         watch(cluster)
     except KeyboardInterrupt:
@@ -329,6 +358,11 @@ def watch(cluster: Cluster) -> None:
                 reported.add(app.port)
                 print(f"process on port {app.port} exited ({app.process.returncode}); the others serve on; "
                       f"see {app.log}", flush=True)
+        worker = cluster.worker
+        if worker is not None and worker.process.poll() is not None and 0 not in reported:
+            reported.add(0)
+            print(f"the job worker exited ({worker.process.returncode}); batch work waits in Redis for one; "
+                  f"see {worker.log}", flush=True)
         time.sleep(1.0)
     print("haproxy exited; stopping", flush=True)
 

@@ -13,7 +13,7 @@ from flask import Flask
 from model.recognizer import Recognizer
 from webapp import auth, db, errors, events, files, inbox_store, instance_store, people_store, security, settings
 from webapp import strictness
-from webapp import changes, health, redis_link  # several processes on one data folder (scripts/cluster.sh)
+from webapp import changes, health, jobs, redis_link  # several processes on one data folder (scripts/cluster.sh)
 from webapp.extensions import socketio
 from webapp.reembed import Reembedder
 from webapp.service import FaceService
@@ -60,12 +60,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _secret_key(store)
     files.make_private(data_dir)  # after the database file exists; SQLite gives its -wal/-shm files its mode
+    jobs.init_app(app)  # batch work: once in the job worker with FACES_REDIS_URL, else here
     _sweep(app)
     first_change = changes.newest_in(app.config["DATABASE"])  # before the load: later changes are applied, none missed
     service = build_face_service(app.config)
     app.extensions["faces"] = service
     service.start_loading()
-    reembedder = Reembedder(app.config["DATABASE"], data_dir, service)
+    reembedder = Reembedder(app.config["DATABASE"], data_dir, service, app.extensions["jobs"])
     app.extensions["reembed"] = reembedder
     app.context_processor(lambda: {"faces_model": service, "reembed": reembedder.progress})
     reembedder.start_if_needed()  # photos of another backbone are embedded again, in the background
@@ -151,11 +152,10 @@ def _sweep(app: Flask) -> None:
     try:
         removed = people_store.sweep_orphans(conn, app.config["DATA_DIR"], min_age_s) + inbox_store.sweep_inbox(
             conn, app.config["DATA_DIR"], min_age_s)
-        inbox_store.purge(conn, app.config["DATA_DIR"], inbox_days=app.config["INBOX_RETENTION_DAYS"],
-                          history_days=app.config["HISTORY_RETENTION_DAYS"])
         missing = people_store.missing_files(conn, app.config["DATA_DIR"])
     finally:
         conn.close()
+    jobs.submit_purge(app)  # rows past their retention: here and now, or once for every process (webapp.jobs)
     if removed:
         log.warning("removed %d file(s) left by an interrupted enrollment: %s", len(removed), ", ".join(removed[:10]))
     if missing:
