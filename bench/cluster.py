@@ -9,7 +9,8 @@
    process A; the time until process B's gallery holds it (B's /api/status, asked every 10 ms), counted
    from A's answer (a lower bound: the rows were committed just before) and from the request (an upper one).
 3. Total answered fps at a fixed offered load (--clients cameras at --fps each, bench/live.py's Client),
-   with one process (all cores, a live worker each) and two (half the cores each; pinned unless --no-pin),
+   with one process (all cores, a live worker each), two (half the cores each; pinned unless --no-pin) and
+   three (a third of the cores each; with fewer cores than processes, they share them),
    each straight to the processes' ports (clients spread evenly) and through HAProxy (one login per client,
    as separate browsers; leastconn).
 4. kill -9 of one of two processes while --kill-clients stream through HAProxy: for each client it held, the
@@ -411,8 +412,8 @@ def main() -> dict:
     parts = set(args.parts.split(","))
     result = {"poll": poll_cost() if "poll" in parts else None, "fps": []}
     print(json.dumps(result["poll"]), file=sys.stderr)
-    for processes in (1, 2):
-        wanted = parts & ({"fps"} if processes == 1 else {"fps", "propagation", "redis", "postgres", "kill"})
+    for processes in (1, 2, 3):
+        wanted = parts & ({"fps", "propagation", "redis", "postgres", "kill"} if processes == 2 else {"fps"})
         if not wanted:
             continue
         with tempfile.TemporaryDirectory() as run_dir:
