@@ -16,6 +16,9 @@ PostgreSQL follows the log, since other machines may share the database.
 A process that starts loads everything (create_app) and follows from the newest change id it saw before
 loading. Change rows hold ids only and are purged after KEEP_S. One process alone does not poll (its own
 changes are in its gallery already); a poll that finds nothing costs one indexed SELECT (bench/cluster.py).
+
+A head reload writes the re-embedded photos and then the `heads` row (webapp/head_store.py) in one
+transaction: a 'head' change makes the poller load that head from its row and swap it in, after the photos.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from flask import Flask
 from numpy.typing import NDArray
 
-from webapp import corrections, db, redis_link, strictness
+from webapp import corrections, db, head_store, redis_link, strictness
 from webapp.service import FaceService
 
 log = logging.getLogger(__name__)
@@ -58,10 +61,11 @@ class Touched:
     photos: set[int] = field(default_factory=set)
     corrections: bool = False
     settings: bool = False
+    head: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.people or self.photos or self.corrections or self.settings)
+        return not (self.people or self.photos or self.corrections or self.settings or self.head)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Current:
     dropped: set[int]  # photos deleted, or of another backbone (not matched until re-embedded)
     corrections: list[tuple[int, int, NDArray[np.float32]]] | None  # every correction; None: untouched
     strictness: float | None  # None: untouched
+    head: head_store.StoredHead | None = None  # the backbone's stored head; None: untouched or none stored
 
 
 def newest(conn: sqlite3.Connection) -> int:
@@ -104,6 +109,8 @@ def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> To
             touched.corrections = True
         elif row["kind"] == "setting":
             touched.settings = True
+        elif row["kind"] == "head":
+            touched.head = True
     return touched
 
 
@@ -127,6 +134,7 @@ def read_current(conn: sqlite3.Connection, touched: Touched, backbone: str) -> C
         dropped=touched.photos - set(photos),
         corrections=corrections.gallery_items(conn, backbone) if touched.corrections else None,
         strictness=strictness.stored(conn) if touched.settings else None,
+        head=head_store.read(conn, backbone) if touched.head else None,
     )
 
 
@@ -147,6 +155,26 @@ def apply(service: FaceService, current: Current) -> None:
         service.set_corrections(current.corrections)
     if current.strictness is not None:
         service.set_strictness(current.strictness)
+    if current.head is not None:
+        apply_head(service, current.head)
+
+
+def apply_head(service: FaceService, stored: head_store.StoredHead) -> None:
+    """Swap in another process's reloaded head, after the photos it re-embedded (they came before it in the log).
+
+    Nothing is embedded again. The head already in use (this process's own reload, a change read twice) is
+    left as it is, so live workers restart only for a new head; one that does not load is logged and skipped.
+    """
+    if stored.sha256 == service.head_sha:
+        return
+    try:
+        head = stored.head(service.recognizer.backbone.dim)
+    except ValueError as exc:
+        log.error("changes: %s; keeping the head in use", exc)
+        return
+    service.swap_head(head, sha=stored.sha256)
+    log.info("changes: using the %s head reloaded at %s (sha256 %s)", stored.backbone, stored.loaded_at,
+             stored.sha256[:12])
 
 
 def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:

@@ -221,6 +221,24 @@ MIGRATIONS: tuple[Step, ...] = (
         BEGIN INSERT INTO changes (kind) VALUES ('setting'); END;
     """, _PG_CHANGE_TRIGGERS),
     ),
+    (
+    """
+    CREATE TABLE heads (                 -- each backbone's head, stored by a reload (webapp/head_store.py)
+        id {id},
+        backbone TEXT NOT NULL UNIQUE,
+        file {blob} NOT NULL,            -- the .h5 file's bytes (model/head.py)
+        sidecar TEXT NOT NULL,           -- its JSON sidecar: threshold, training summary
+        sha256 TEXT NOT NULL,            -- hex SHA-256 of both (head_store.fingerprint)
+        loaded_at TEXT NOT NULL          -- UTC, when the reload stored it
+    );
+    """,
+    PerEngine("""CREATE TRIGGER changes_head_added AFTER INSERT ON heads  -- kind 'head': every process swaps it in
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('head', NEW.id); END;
+    CREATE TRIGGER changes_head_changed AFTER UPDATE ON heads
+        BEGIN INSERT INTO changes (kind, row_id) VALUES ('head', NEW.id); END;
+    """, "CREATE TRIGGER changes_head AFTER INSERT OR UPDATE ON heads FOR EACH ROW EXECUTE FUNCTION log_change('head');"
+    ),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
