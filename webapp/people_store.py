@@ -376,19 +376,18 @@ def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
     HeadUnavailable.
     """
     service.wait_ready()
-    rows = db.execute(
-        "SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
-        (service.backbone,),
-    ).fetchall()
     dim = service.recognizer.backbone.dim
     head, file = read_head(service.backbone, dim, weights_dir=service.recognizer.weights_dir)
-    features = np.stack([from_blob(row["features"]) for row in rows]) if rows else np.zeros((0, dim), np.float32)
-    if features.shape[1] != dim:
-        raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives {dim}-D")
-    embeddings = head(features)
-    gallery = service.gallery.fresh(dim=embeddings.shape[1], capacity=max(256, len(rows)))
-    gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
-    with transaction(db):
+    with transaction(db):  # read in it too: a photo another process adds meanwhile is re-embedded, not missed
+        rows = db.execute("SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
+                          (service.backbone,)).fetchall()
+        features = np.stack([from_blob(row["features"]) for row in rows]) if rows else np.zeros((0, dim), np.float32)
+        if features.shape[1] != dim:
+            raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives "
+                             f"{dim}-D")
+        embeddings = head(features)
+        gallery = service.gallery.fresh(dim=embeddings.shape[1], capacity=max(256, len(rows)))
+        gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
         db.executemany(
             "UPDATE photos SET embedding = ? WHERE id = ?",
             [(to_blob(embedding), row["id"]) for embedding, row in zip(embeddings, rows)],

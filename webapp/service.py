@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,16 +197,23 @@ class FaceService:
     def swap_head(self, head: Head, gallery: Gallery | None = None, sha: str | None = None) -> None:
         """Use a new head and the gallery it embedded, together, between two frames.
 
-        :param gallery: None keeps the gallery, whose embeddings are the new head's already (another process's
-            reload brought them through the change log, or a process starting with the stored head).
+        :param gallery: None keeps the gallery, whose embeddings are the new head's already (a process starting
+            with the stored head).
         :param sha: the head's fingerprint in the store (webapp.head_store), None for a file never stored.
         """
+        with self.swapping_head(head, sha):
+            if gallery is not None:
+                self.gallery = gallery
+
+    @contextmanager
+    def swapping_head(self, head: Head, sha: str | None = None) -> Iterator[None]:
+        """Hold off every frame and upload for the block, and swap the head in at its end (not when it raises):
+        gallery changes made in the block (another process's reload: its embeddings) come with the head."""
         with self._model_lock, self._live_lock:
+            yield
             self.recognizer.set_head(head)
             for twin, _ in self._live_twins:
                 twin.set_head(head)
-            if gallery is not None:
-                self.gallery = gallery
             self.head_sha = sha
             self.gallery_version += 1
             self.head_version += 1

@@ -20,7 +20,7 @@ from web_helpers import ENROLLED, log_in, on_background, prepare_data_dir
 from fakes import FakeBackbone, FakeDetector
 from model.head import Head, head_bytes, head_from_bytes, save_head
 from model.recognizer import Recognizer
-from webapp import changes, create_app, db, head_store
+from webapp import changes, create_app, db, head_store, live_processes
 
 POLL_S = 0.05
 PROPAGATION_S = 1.0  # what the issue asks of a head reload on another process
@@ -217,6 +217,27 @@ def test_a_head_retrained_after_the_reload_is_reloaded_when_an_app_starts(apps, 
         assert mine.recognizer.threshold == 0.6 and recognised(first, portrait(1))["name"] == "Ada"
     finally:
         restarted.extensions["changes"].stop()
+
+
+@pytest.mark.both_engines
+def test_a_live_worker_process_starts_with_the_stored_head_and_follows_the_next(apps, portrait, tmp_path):
+    """What a live worker child (webapp/live_processes.py) does, run here: build, then catch up before a frame."""
+    first, second = apps
+    enroll(first, portrait)
+    write_head(tmp_path / "weights-a", seed=1)
+    assert reload(first).status_code == 200
+    recognizer = Recognizer(FakeBackbone(), detector=FakeDetector(), weights_dir=tmp_path / "weights-b")
+    worker = live_processes._Worker(live_processes.WorkerSpec({**second.config, "RECOGNIZER": recognizer}, {}, False))
+    try:
+        worker.service.wait_ready()
+        assert worker.service.head_sha == stored(first).sha256
+
+        kernel = write_head(tmp_path / "weights-a", seed=2)
+        assert reload(first).status_code == 200
+        worker._follow(version=-1)  # the parent's gallery moved: the child reads the log before the frame
+        assert worker.service.head_sha == stored(first).sha256 and np.array_equal(recognizer.head.kernel, kernel)
+    finally:
+        worker.changes._conn.close()  # the child's poller has no thread to end it
 
 
 def test_an_older_different_head_file_leaves_the_stored_head(apps, portrait, tmp_path, caplog):
