@@ -259,6 +259,17 @@ def test_an_older_different_head_file_leaves_the_stored_head(apps, portrait, tmp
         late.extensions["changes"].stop()
 
 
+def test_reloading_the_identity_head_stores_it_too(apps, portrait):
+    """No head file for a 128-D backbone: the identity head is what a reload stores (serialised), and B loads it."""
+    first, second = apps
+    enroll(first, portrait)
+    assert reload(first).status_code == 200
+    row = stored(first)
+    assert row is not None and row.sidecar == {"trained": False}
+    assert np.array_equal(row.head(128).kernel, np.eye(128, dtype=np.float32))
+    assert wait_for(lambda: second.extensions["faces"].head_sha == row.sha256, PROPAGATION_S) is not None
+
+
 def test_a_store_never_reloaded_starts_with_the_head_file(tmp_path):
     """The embedded default: one process, nothing in `heads`, the file's head as ever."""
     weights = tmp_path / "weights"
