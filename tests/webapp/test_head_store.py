@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 from cluster_helpers import wait_for
-from web_helpers import ENROLLED, log_in, on_background, prepare_data_dir
+from web_helpers import ENROLLED, log_in, on_background, prepare_data_dir, server_session, start_server, stop_server
 
 from fakes import FakeBackbone, FakeDetector
 from model.head import Head, head_bytes, head_from_bytes, save_head
@@ -297,3 +297,38 @@ def test_a_head_reads_back_from_its_bytes(tmp_path):
         head_from_bytes(b"not hdf5", "fake", 128, name="the stored head")
     with pytest.raises(ValueError, match="trained for fake"):
         head_from_bytes(head_bytes(head), "other", 128)
+
+
+@pytest.mark.dlib
+def test_two_server_processes_share_a_reload_and_a_restart_keeps_it(tmp_path, photo):
+    """Two server.py on one data folder (FACES_PROCESSES=2), the real model; only A has the head file."""
+    data_dir = prepare_data_dir(tmp_path / "data")
+    (tmp_path / "weights-a").mkdir()
+    env = {"FACES_PROCESSES": "2", "FACES_THRESHOLD": "", "FACES_LIVE_WORKERS": "1"}
+    first, url_a, _ = start_server(data_dir, extra_env={**env, "FACES_WEIGHTS_DIR": str(tmp_path / "weights-a")})
+    second = None
+    try:
+        second, url_b, _ = start_server(data_dir, extra_env={**env, "FACES_WEIGHTS_DIR": str(tmp_path / "weights-b")})
+        a, b = server_session(url_a), server_session(url_b)
+        person = a.post(f"{url_a}/api/people", json={"name": "Ada"}).json()["id"]
+        files = [("photos", photo(ENROLLED, i)) for i in (1, 2, 3)]
+        assert a.post(f"{url_a}/api/people/{person}/photos", files=files).status_code == 200
+        probe = {"image": photo(ENROLLED, 5)}
+        before = a.post(f"{url_a}/api/recognize", files=probe).json()["faces"][0]
+        assert b.get(f"{url_b}/api/status").json()["threshold"] != 0.5
+
+        save_head(Head(rotation(7), "dlib-resnet", threshold=0.5), tmp_path / "weights-a" / "head_dlib-resnet.h5")
+        assert a.post(f"{url_a}/api/head/reload").status_code == 200
+        assert wait_for(lambda: b.get(f"{url_b}/api/status").json()["threshold"] == 0.5, PROPAGATION_S) is not None
+        after = b.post(f"{url_b}/api/recognize", files=probe).json()["faces"][0]
+        assert after["name"] == "Ada" and after["similarity"] == pytest.approx(before["similarity"], abs=1e-3)
+
+        stop_server(second)  # a restart of the machine without the file: the stored head, at once
+        second, url_b, _ = start_server(data_dir, extra_env={**env, "FACES_WEIGHTS_DIR": str(tmp_path / "weights-b")})
+        b = server_session(url_b)
+        assert b.get(f"{url_b}/api/status").json()["threshold"] == 0.5
+        again = b.post(f"{url_b}/api/recognize", files=probe).json()["faces"][0]
+        assert again["name"] == "Ada" and again["similarity"] == pytest.approx(before["similarity"], abs=1e-3)
+    finally:
+        stop_server(second)
+        stop_server(first)
