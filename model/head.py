@@ -10,6 +10,7 @@ same kernel.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -70,31 +71,61 @@ def load_head(backbone: str, dim: int, path: Path | None = None, weights_dir: Pa
     :raises HeadUnavailable: no file and the backbone is not 128-D.
     :raises ValueError: the file is unreadable or does not fit the backbone.
     """
+    return read_head(backbone, dim, path, weights_dir)[0]
+
+
+def read_head(backbone: str, dim: int, path: Path | None = None,
+              weights_dir: Path | None = None) -> tuple[Head, bytes | None]:
+    """load_head, and the head file's bytes as read (None for the identity head, which has no file).
+
+    The bytes are what the app stores as its active head (webapp/head_store.py); `head_from_bytes` reads them back.
+    """
     path = Path(path) if path else head_path(backbone, weights_dir)
     shipped = SHIPPED_HEADS_DIR / f"{backbone}.h5"
     if not path.exists() and shipped.exists():
         path = shipped
     if not path.exists():
         if dim == EMBEDDING_DIM:
-            return Head.identity(backbone)
+            return Head.identity(backbone), None
         raise HeadUnavailable(
             f"No trained head for the {backbone} backbone at {path}. Train one with "
             f"`python -m model.train --backbone {backbone} --images DIR` (see notebooks/retrain_head.ipynb)."
         )
     try:
-        with h5py.File(path, "r") as f:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read head file {path}: {exc}") from None
+    info = json.loads(sidecar_path(path).read_text()) if sidecar_path(path).exists() else {}
+    return head_from_bytes(data, backbone, dim, info, name=f"head file {path}"), data
+
+
+def head_from_bytes(data: bytes, backbone: str, dim: int, info: dict | None = None, *,
+                    name: str = "the head") -> Head:
+    """A head from the bytes of its .h5 file (h5py reads them in memory) and its sidecar's contents.
+
+    :param name: what error messages call it. :raises ValueError: unreadable, or does not fit the backbone.
+    """
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
             kernel = np.asarray(f["kernel"], dtype=np.float32)
             stored_backbone = str(f.attrs.get("backbone", backbone))
     except (OSError, KeyError) as exc:
-        raise ValueError(f"cannot read head file {path}: {exc}") from None
+        raise ValueError(f"cannot read {name}: {exc}") from None
     if kernel.shape != (dim, EMBEDDING_DIM):
-        raise ValueError(f"head file {path} has shape {kernel.shape}; the {backbone} backbone needs ({dim}, 128)")
+        raise ValueError(f"{name} has shape {kernel.shape}; the {backbone} backbone needs ({dim}, 128)")
     if stored_backbone != backbone:
-        raise ValueError(f"head file {path} was trained for {stored_backbone}, not {backbone}")
-    info = {}
-    if sidecar_path(path).exists():
-        info = json.loads(sidecar_path(path).read_text())
+        raise ValueError(f"{name} was trained for {stored_backbone}, not {backbone}")
+    info = dict(info or {})
     return Head(kernel, backbone, threshold=info.get("threshold"), info=info)
+
+
+def head_bytes(head: Head) -> bytes:
+    """A head as the bytes of its .h5 file (for a head that has no file: the identity)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.create_dataset("kernel", data=head.kernel.astype(np.float32))
+        f.attrs["backbone"] = head.backbone
+    return buffer.getvalue()
 
 
 def save_head(head: Head, path: Path) -> None:

@@ -13,7 +13,7 @@ from flask import Flask
 from model.recognizer import Recognizer
 from webapp import auth, db, errors, events, files, inbox_store, instance_store, people_store, security, settings
 from webapp import strictness
-from webapp import changes, health, jobs, redis_link  # several processes on one data folder (scripts/cluster.sh)
+from webapp import changes, head_store, health, jobs, redis_link  # several processes on one store (scripts/cluster.sh)
 from webapp.extensions import socketio
 from webapp.reembed import Reembedder
 from webapp.service import FaceService
@@ -84,7 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(live.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(export.bp)
-    app.register_blueprint(head.bp)
+    head.init_app(app)  # after the service: a head retrained since the stored one is reloaded
     app.register_blueprint(inbox.bp)
     app.register_blueprint(strictness_views.bp)
     app.register_blueprint(camera_views.bp)
@@ -127,6 +127,7 @@ def build_face_service(config: Mapping[str, Any]) -> FaceService:
     )
     conn = db.connect(config["DATABASE"])
     try:
+        head_store.use_stored(conn, service)  # a reloaded head: the one the stored embeddings were made with
         loaded = people_store.load_gallery(conn, service)
         other = people_store.count_other_backbones(conn, service.backbone)
         service.set_strictness(strictness.stored(conn))

@@ -16,10 +16,14 @@ PostgreSQL follows the log, since other machines may share the database.
 A process that starts loads everything (create_app) and follows from the newest change id it saw before
 loading. Change rows hold ids only and are purged after KEEP_S. One process alone does not poll (its own
 changes are in its gallery already); a poll that finds nothing costs one indexed SELECT (bench/cluster.py).
+
+A head reload writes the re-embedded photos and then the `heads` row (webapp/head_store.py) in one
+transaction: a 'head' change makes the poller load that head from its row and swap it in, after the photos.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -31,7 +35,8 @@ import numpy as np
 from flask import Flask
 from numpy.typing import NDArray
 
-from webapp import corrections, db, redis_link, strictness
+from model.head import Head
+from webapp import corrections, db, head_store, redis_link, strictness
 from webapp.service import FaceService
 
 log = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ log = logging.getLogger(__name__)
 EXTENSION = "changes"
 KEEP_S = 24 * 3600.0  # change rows older than this are purged; a process away longer reloads at start anyway
 PURGE_EVERY_S = 3600.0
-BATCH = 5000  # change rows read per poll: a large import is caught up over a few polls, never one huge read
+BATCH = 5000  # change rows read per snapshot: a large import or head reload is read in parts, never one huge read
 MAX_POLL_S = 60.0
 # /api/health calls a poller stalled after this many intervals without a successful poll (at least STALLED_MIN_S).
 STALLED_POLLS = 20
@@ -54,14 +59,16 @@ class Touched:
     """
 
     last: int
+    rows: int = 0  # change rows read (BATCH: there may be more)
     people: set[int] = field(default_factory=set)
     photos: set[int] = field(default_factory=set)
     corrections: bool = False
     settings: bool = False
+    head: bool = False
 
     @property
     def empty(self) -> bool:
-        return not (self.people or self.photos or self.corrections or self.settings)
+        return not (self.people or self.photos or self.corrections or self.settings or self.head)
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Current:
     dropped: set[int]  # photos deleted, or of another backbone (not matched until re-embedded)
     corrections: list[tuple[int, int, NDArray[np.float32]]] | None  # every correction; None: untouched
     strictness: float | None  # None: untouched
+    head: head_store.StoredHead | None = None  # the backbone's stored head; None: untouched or none stored
 
 
 def newest(conn: sqlite3.Connection) -> int:
@@ -94,7 +102,7 @@ def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> To
     """What the change rows after id `after` name (at most `limit` rows)."""
     rows = conn.execute("SELECT id, kind, row_id FROM changes WHERE id > ? ORDER BY id LIMIT ?",
                         (after, limit)).fetchall()
-    touched = Touched(rows[-1]["id"] if rows else after)
+    touched = Touched(rows[-1]["id"] if rows else after, len(rows))
     for row in rows:
         if row["kind"] == "person":
             touched.people.add(row["row_id"])
@@ -104,6 +112,8 @@ def read_touched(conn: sqlite3.Connection, after: int, limit: int = BATCH) -> To
             touched.corrections = True
         elif row["kind"] == "setting":
             touched.settings = True
+        elif row["kind"] == "head":
+            touched.head = True
     return touched
 
 
@@ -127,36 +137,65 @@ def read_current(conn: sqlite3.Connection, touched: Touched, backbone: str) -> C
         dropped=touched.photos - set(photos),
         corrections=corrections.gallery_items(conn, backbone) if touched.corrections else None,
         strictness=strictness.stored(conn) if touched.settings else None,
+        head=head_store.read(conn, backbone) if touched.head else None,
     )
 
 
 def apply(service: FaceService, current: Current) -> None:
     """Put the current rows in the service's gallery and names; idempotent.
 
-    Names first, so no frame shows a new photo's person without a name; deleted people last.
+    Names first, so no frame shows a new photo's person without a name; deleted people last. A new head
+    (another process's reload) is swapped in with the photos it embedded, no frame in between.
     """
-    for person_id, name in current.names.items():
-        service.add_person(person_id, name)
-    for photo_id, (person_id, embedding) in current.photos.items():
-        service.add_photo(photo_id, person_id, embedding)  # a moved photo keeps its row and changes person
-    for photo_id in current.dropped:
-        service.remove_photo(photo_id)
-    for person_id in current.gone:
-        service.remove_person(person_id)
-    if current.corrections is not None:
-        service.set_corrections(current.corrections)
+    head = new_head(service, current.head)
+    with service.swapping_head(head, current.head.sha256) if head is not None else contextlib.nullcontext():
+        for person_id, name in current.names.items():
+            service.add_person(person_id, name)
+        for photo_id, (person_id, embedding) in current.photos.items():
+            service.add_photo(photo_id, person_id, embedding)  # a moved photo keeps its row and changes person
+        for photo_id in current.dropped:
+            service.remove_photo(photo_id)
+        for person_id in current.gone:
+            service.remove_person(person_id)
+        if current.corrections is not None:
+            service.set_corrections(current.corrections)
+    if head is not None:
+        log.info("changes: using the %s head reloaded at %s (sha256 %s)", current.head.backbone,
+                 current.head.loaded_at, current.head.sha256[:12])
     if current.strictness is not None:
         service.set_strictness(current.strictness)
 
 
+def new_head(service: FaceService, stored: head_store.StoredHead | None) -> Head | None:
+    """The stored head when it is not the one in use (None: untouched, the same, or unreadable, which is logged).
+
+    Nothing is embedded again: the photos it embedded come in the same catch-up (before it in the log). The
+    process that reloaded, or a change read twice, finds the same fingerprint, so live workers restart only
+    for a new head.
+    """
+    if stored is None or stored.sha256 == service.head_sha:
+        return None
+    try:
+        return stored.head(service.recognizer.backbone.dim)
+    except ValueError as exc:
+        log.error("changes: %s; keeping the head in use", exc)
+        return None
+
+
 def catch_up(conn: sqlite3.Connection, service: FaceService, after: int) -> int:
-    """Apply the changes after id `after`; returns the id applied up to."""
-    with db.snapshot(conn):  # the change rows and the rows they name, as of one moment
-        touched = read_touched(conn, after)
-        current = None if touched.empty else read_current(conn, touched, service.backbone)
-    if current is not None:
-        apply(service, current)
-    return touched.last
+    """Apply the changes after id `after`, BATCH at a time until none are left; returns the id applied up to.
+
+    A full batch is followed at once, not a poll later: a head reload's photos and its head arrive together.
+    """
+    while True:
+        with db.snapshot(conn):  # the change rows and the rows they name, as of one moment
+            touched = read_touched(conn, after)
+            current = None if touched.empty else read_current(conn, touched, service.backbone)
+        if current is not None:
+            apply(service, current)
+        if touched.rows < BATCH:
+            return touched.last
+        after = touched.last
 
 
 def purge(conn: sqlite3.Connection, keep_s: float = KEEP_S) -> int:

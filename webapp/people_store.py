@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from model.head import load_head
-from webapp import corrections, files
+from model.head import head_bytes, read_head
+from webapp import corrections, files, head_store
 from webapp.db import DuplicateName, InvalidName, NotFound, flush_deleted, from_blob, to_blob, transaction
 from webapp.names import normalise_name
 from webapp.service import Candidate, FaceService
@@ -331,29 +331,30 @@ def store_candidates(
 def reload_head(db: sqlite3.Connection, service: FaceService) -> dict:
     """Load the backbone's head file again, re-embed every stored photo from its features, swap both in.
 
-    The new embeddings are written back in one transaction before the swap;
-    on a bad head file nothing changes. :raises ValueError, HeadUnavailable.
+    The new embeddings and the head itself (webapp.head_store, which other processes load it from) are
+    written in one transaction before the swap; on a bad head file nothing changes. :raises ValueError,
+    HeadUnavailable.
     """
     service.wait_ready()
-    rows = db.execute(
-        "SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
-        (service.backbone,),
-    ).fetchall()
     dim = service.recognizer.backbone.dim
-    head = load_head(service.backbone, dim, weights_dir=service.recognizer.weights_dir)
-    features = np.stack([from_blob(row["features"]) for row in rows]) if rows else np.zeros((0, dim), np.float32)
-    if features.shape[1] != dim:
-        raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives {dim}-D")
-    embeddings = head(features)
-    gallery = service.gallery.fresh(dim=embeddings.shape[1], capacity=max(256, len(rows)))
-    gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
-    with transaction(db):
+    head, file = read_head(service.backbone, dim, weights_dir=service.recognizer.weights_dir)
+    with transaction(db):  # read in it too: a photo another process adds meanwhile is re-embedded, not missed
+        rows = db.execute("SELECT id, person_id, features FROM photos WHERE backbone = ? AND features IS NOT NULL",
+                          (service.backbone,)).fetchall()
+        features = np.stack([from_blob(row["features"]) for row in rows]) if rows else np.zeros((0, dim), np.float32)
+        if features.shape[1] != dim:
+            raise ValueError(f"stored features are {features.shape[1]}-D, the {service.backbone} backbone gives "
+                             f"{dim}-D")
+        embeddings = head(features)
+        gallery = service.gallery.fresh(dim=embeddings.shape[1], capacity=max(256, len(rows)))
+        gallery.add_many((row["id"], row["person_id"], embedding) for row, embedding in zip(rows, embeddings))
         db.executemany(
             "UPDATE photos SET embedding = ? WHERE id = ?",
             [(to_blob(embedding), row["id"]) for embedding, row in zip(embeddings, rows)],
         )
         gallery.set_corrections(corrections.reembedded(db, head, service.backbone))
-    service.swap_head(head, gallery)
+        sha = head_store.record(db, service.backbone, file or head_bytes(head), head.info)  # last: see changes.py
+    service.swap_head(head, gallery, sha)
     return {"photos": len(rows), "threshold": service.recognizer.threshold, "head": head.info}
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +126,7 @@ class FaceService:
         # Bumped on every gallery change, so live streams drop labels that may be stale.
         self.gallery_version = 0
         self.head_version = 0  # bumped by swap_head (live worker processes load the new head)
+        self.head_sha: str | None = None  # the stored head's fingerprint when it is the one in use (swap_head)
         self.recognize_upsample = recognize_upsample
         self.max_frame_bytes = max_frame_bytes
         self._model_lock = threading.Lock()
@@ -191,13 +194,27 @@ class FaceService:
         self.gallery.remove_photo(photo_id)
         self.gallery_version += 1
 
-    def swap_head(self, head: Head, gallery: Gallery) -> None:
-        """Use a new head and the gallery it embedded, together, between two frames."""
+    def swap_head(self, head: Head, gallery: Gallery | None = None, sha: str | None = None) -> None:
+        """Use a new head and the gallery it embedded, together, between two frames.
+
+        :param gallery: None keeps the gallery, whose embeddings are the new head's already (a process starting
+            with the stored head).
+        :param sha: the head's fingerprint in the store (webapp.head_store), None for a file never stored.
+        """
+        with self.swapping_head(head, sha):
+            if gallery is not None:
+                self.gallery = gallery
+
+    @contextmanager
+    def swapping_head(self, head: Head, sha: str | None = None) -> Iterator[None]:
+        """Hold off every frame and upload for the block, and swap the head in at its end (not when it raises):
+        gallery changes made in the block (another process's reload: its embeddings) come with the head."""
         with self._model_lock, self._live_lock:
+            yield
             self.recognizer.set_head(head)
             for twin, _ in self._live_twins:
                 twin.set_head(head)
-            self.gallery = gallery
+            self.head_sha = sha
             self.gallery_version += 1
             self.head_version += 1
 

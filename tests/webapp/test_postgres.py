@@ -23,7 +23,7 @@ from webapp import changes, create_app, db
 # with PostgreSQL: existing data folders must see exactly the same history.
 SHIPPED_SQLITE_STEPS = ("ee81b524c8c9a463", "a7aa8cbaafb74373", "17470887bd5faac6", "bc2edff7c03efcf3",
                         "d7c66ffb21c7c2e9", "ce0eefe2c3e58cec", "66effad67f56b9b3", "a5a3f15d41015ef9",
-                        "e3b0c44298fc1c14")
+                        "e3b0c44298fc1c14", "78e2d43bfb943f0b")
 
 
 @pytest.fixture
