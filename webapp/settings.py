@@ -192,7 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "SECRET_KEY", "FACES_SECRET_KEY", None, str,
-        "signs the session cookie (default: generated once into the data dir)",
+        "signs the session cookie (default: generated once, kept in the data dir; with PostgreSQL in the database)",
     ),
     Setting(
         "ADMIN_PASSWORD", "FACES_ADMIN_PASSWORD", None, str,
@@ -234,7 +234,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "WEBHOOK_SECRET", "FACES_WEBHOOK_SECRET", None, str,
-        "webhooks: the HMAC-SHA256 signing key (default: generated once into the data dir, webhook_secret)",
+        "webhooks: the HMAC-SHA256 signing key (default: generated once, kept in the data dir as webhook_secret; "
+        "with PostgreSQL in the database)",
     ),
     Setting("WEBHOOK_TIMEOUT_S", "FACES_WEBHOOK_TIMEOUT_S", 5.0, float, "webhooks: seconds to wait for an answer"),
     Setting(
