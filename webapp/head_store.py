@@ -19,8 +19,12 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from model.head import Head, head_from_bytes, head_path, sidecar_path
 from webapp.db import utc_now
@@ -124,3 +128,19 @@ def retrained(stored: StoredHead | None, backbone: str, weights_dir: Path | None
     log.warning("%s differs from the head reloaded at %s and is older: using the stored head (Reload head "
                 "takes the file)", path, stored.loaded_at)
     return None
+
+
+def embeddings_now(conn: sqlite3.Connection, service: FaceService, features: Sequence[NDArray[np.float32]],
+                   embedded: Sequence[NDArray[np.float32]]) -> list[NDArray[np.float32]]:
+    """The embeddings to store for new photos, read inside the write's transaction: `embedded` (this process's
+    head made them) unless another process has since stored a different head, which this one's poller has not
+    swapped in yet; then that head applied to `features`, so no photo is kept with an old head's vector."""
+    row = conn.execute("SELECT sha256 FROM heads WHERE backbone = ?", (service.backbone,)).fetchone()
+    if row is None or row["sha256"] == service.head_sha:
+        return list(embedded)
+    try:
+        head = read(conn, service.backbone).head(service.recognizer.backbone.dim)
+    except ValueError as exc:  # unreadable: this process uses its file head, whose vectors these are
+        log.error("%s; new photos keep this process's embeddings", exc)
+        return list(embedded)
+    return list(head(np.stack(features)))

@@ -307,14 +307,16 @@ def store_candidates(
                 person_id = db.execute("INSERT INTO people (name) VALUES (?) RETURNING id", (name,)).fetchone()[0]
             else:
                 get_person(db, person_id)
-            for candidate, file in zip(accepted, written):
+            vectors = head_store.embeddings_now(db, service, [c.features for c in accepted],
+                                                [c.embedding for c in accepted])
+            for candidate, file, embedding in zip(accepted, written, vectors):
                 width, height = candidate.size
                 photo_ids[id(candidate)] = db.execute(
                     "INSERT INTO photos (person_id, file, box, width, height, embedding, features, backbone, pose) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         person_id, file, json.dumps(candidate.box), width, height,
-                        to_blob(candidate.embedding), to_blob(candidate.features), service.backbone, candidate.pose,
+                        to_blob(embedding), to_blob(candidate.features), service.backbone, candidate.pose,
                     ),
                 ).fetchone()[0]
     except BaseException:
@@ -323,8 +325,8 @@ def store_candidates(
 
     person = get_person(db, person_id)
     service.add_person(person_id, person["name"])
-    for candidate in accepted:
-        service.add_photo(photo_ids[id(candidate)], person_id, candidate.embedding)
+    for candidate, embedding in zip(accepted, vectors):
+        service.add_photo(photo_ids[id(candidate)], person_id, embedding)
     return person, photo_ids
 
 

@@ -134,6 +134,27 @@ def test_a_reload_on_one_app_is_used_by_the_other_within_a_second(apps, portrait
 
 
 @pytest.mark.both_engines
+def test_photos_enrolled_on_a_process_that_has_not_swapped_yet_get_the_stored_heads_vectors(apps, portrait,
+                                                                                          tmp_path):
+    first, second = apps
+    second.extensions["changes"].stop()  # B has not read A's reload yet (its poll comes later)
+    write_head(tmp_path / "weights-a", seed=2)
+    assert reload(first).status_code == 200
+    row, theirs = stored(first), second.extensions["faces"]
+    assert theirs.head_sha != row.sha256  # B still embeds with its old head
+
+    person = enroll(second, portrait)
+    features = [np.frombuffer(bytes(blob), "<f4") for (blob,) in query(
+        first, f"SELECT features FROM photos WHERE person_id = {person} ORDER BY id")]
+    kept = [np.frombuffer(bytes(blob), "<f4") for (blob,) in query(
+        first, f"SELECT embedding FROM photos WHERE person_id = {person} ORDER BY id")]
+    expected = row.head(128)(np.stack(features))
+    assert len(kept) == 3 and np.allclose(np.stack(kept), expected, atol=1e-6)
+    old = theirs.recognizer.head(np.stack(features))
+    assert not np.allclose(old, expected, atol=1e-3)  # what B would have stored
+
+
+@pytest.mark.both_engines
 def test_a_bad_head_file_changes_nothing_anywhere(apps, portrait, tmp_path):
     first, second = apps
     enroll(first, portrait)
