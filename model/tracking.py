@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detect import Face, box_iou
+from model.detect import Face, box_iou, merge_faces
 from model.evidence import Evidence, face_weight
 from model.gallery import Gallery, Match
 from model.recognizer import TOO_BLURRED, Recognition, Recognizer
@@ -327,6 +327,13 @@ class FaceTracker:
     def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int) -> None:
         max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None
         faces = self.recognizer.find_faces(frame, upsample=upsample, max_side=max_side)
+        detector = getattr(self.recognizer, "detector", None)
+        tilts = getattr(detector, "search_tilts", ())
+        if upsample > self.upsample and tilts:
+            # The closer look also turns the frame (YuNet: 45 degrees each way) at the plain detection's scale,
+            # where small, much tilted faces stand upright.
+            scale = min(1.0, self.max_side / max(frame.shape[:2])) if self.max_side else 1.0
+            faces = merge_faces(faces, detector.detect_turned(frame, tilts, scale=scale))
         self.detections += 1
         pairs = []
         for ti, track in enumerate(self.tracks):
