@@ -26,6 +26,7 @@ SEARCH_TILTS = (45.0, -45.0)
 # outline scored 0.6-0.7 as a face there (400-500 px boxes), and bigger tilted faces are found upright.
 TURNED_LARGEST = 0.25
 MERGE_INSIDE = 0.8
+MERGE_TILT_STEP = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Face:
     # YuNet's 5 points (x, y): eye centres (image left first), nose tip, mouth corners (image left first).
     # None for HOG faces; model.align derives them from `landmarks` then.
     keypoints: NDArray[np.float32] | None = None
+    # Degrees the copy it was found on was turned (FaceDetector.detect_turned); 0: the frame itself.
+    turned: float = 0.0
 
     @property
     def width(self) -> int:
@@ -170,12 +173,13 @@ class FaceDetector:
             turned = cv2.warpAffine(frame, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             back = cv2.invertAffineTransform(matrix)
             biggest = largest * min(height, width) * scale
-            faces += [self._turned_back(face, back, scale, (height, width)) for face in self.detect(turned)
+            faces += [self._turned_back(face, back, scale, (height, width), angle) for face in self.detect(turned)
                       if max(face.width, face.height) <= biggest]
         return [face for face in faces if face is not None]
 
     @staticmethod
-    def _turned_back(face: Face, back: NDArray[np.float64], scale: float, shape: tuple[int, int]) -> Face | None:
+    def _turned_back(face: Face, back: NDArray[np.float64], scale: float, shape: tuple[int, int],
+                     angle: float) -> Face | None:
         """A face found on a turned copy, in the frame's pixels (None when its centre is outside the frame)."""
         def points(xy: NDArray) -> NDArray[np.float32]:
             return (np.asarray(xy, np.float64) @ back[:, :2].T + back[:, 2]).astype(np.float32)
@@ -188,7 +192,7 @@ class FaceDetector:
         box = np.array([max(0, cx - half_w), max(0, cy - half_h), min(width, cx + half_w), min(height, cy + half_h)])
         keypoints = None if face.keypoints is None else points(face.keypoints)
         return Face(box=np.round(box).astype(np.int32), landmarks=points(face.landmarks), score=face.score,
-                    keypoints=keypoints)
+                    keypoints=keypoints, turned=angle)
 
     def _face_at(self, frame: NDArray[np.uint8], box: NDArray[np.float64], score: float,
                  keypoints: NDArray[np.float32] | None = None) -> Face:
@@ -346,18 +350,30 @@ def face_nearest_centre(faces: list[Face], frame_shape: tuple[int, ...]) -> Face
 
 
 def merge_faces(faces: list[Face], more: list[Face], *, max_iou: float = YUNET_NMS) -> list[Face]:
-    """Both lists' faces, largest first; of any two that overlap by more than max_iou, or where one lies
-    mostly (`MERGE_INSIDE`) inside the other (an upright pass's loose box around a tilted face), the less
-    sure is dropped."""
+    """Both lists' faces, largest first. Of any two that overlap by more than max_iou, or where one lies
+    mostly (`MERGE_INSIDE`) inside the other (an upright pass's loose box around a tilted face), the one
+    that stood less upright where it was found is dropped, or on a tie (same `MERGE_TILT_STEP`) the less
+    sure: YuNet's points on a tilted face lean towards upright, so that face's chip is aligned worse."""
     def same(a: Face, b: Face) -> bool:
         inside = box_overlap(a.box, b.box) / max(1, min(a.width * a.height, b.width * b.height))
         return box_iou(a.box, b.box) > max_iou or inside >= MERGE_INSIDE
 
+    def rank(face: Face) -> tuple[int, float]:
+        return round(abs(found_tilt(face)) / MERGE_TILT_STEP), -face.score
+
     kept: list[Face] = []
-    for face in sorted(faces + more, key=lambda face: face.score, reverse=True):
+    for face in sorted(faces + more, key=rank):
         if not any(same(face, other) for other in kept):
             kept.append(face)
     return sorted(kept, key=lambda face: face.width * face.height, reverse=True)
+
+
+def found_tilt(face: Face) -> float:
+    """How far the face's eye line was from level (degrees) on the copy it was found on; 0 without points."""
+    if face.keypoints is None:
+        return 0.0
+    dx, dy = face.keypoints[1] - face.keypoints[0]
+    return float((np.degrees(np.arctan2(dy, dx)) - face.turned + 180) % 360 - 180)
 
 
 def box_overlap(a: NDArray, b: NDArray) -> float:
