@@ -20,7 +20,8 @@ Per frame, `FaceTracker.update`:
    and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
    anyway. Every `search_every_s` (and on a stream's first frame) the detection looks at
    twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
-   degrees instead of 8-43% (bench/wild.py's frames), for about 4x one detection's time. A
+   degrees instead of 8-43% (bench/wild.py's frames), for about 4x one detection's time; YuNet's
+   also turns the frame 45 degrees each way (`_detect`), for 95% of 30 px faces at 45, about 8x in all. A
    track only such a look found is not missed by the plain ones in between. A detection continues the
    track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
