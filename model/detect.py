@@ -7,6 +7,7 @@ and `align.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -158,7 +159,8 @@ class FaceDetector:
         with. Faces wider or taller than `largest` x the frame's shorter side are dropped.
         angles default to the detector's `search_tilts`.
 
-        Landmarks are fitted on the turned copy, where the face is upright, and turned back with it.
+        The detector's own points (YuNet's) are found on the turned copy, where the face is upright, and
+        turned back with it.
         Cost: one detection per angle on a canvas that holds the whole turned frame (about 2x its
         pixels at 45 degrees). Merge with the upright faces through `merge_faces`.
         """
@@ -173,26 +175,27 @@ class FaceDetector:
             turned = cv2.warpAffine(frame, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             back = cv2.invertAffineTransform(matrix)
             biggest = largest * min(height, width) * scale
-            faces += [self._turned_back(face, back, scale, (height, width), angle) for face in self.detect(turned)
+            faces += [self._turned_back(frame, face, back, scale, angle) for face in self.detect(turned)
                       if max(face.width, face.height) <= biggest]
         return [face for face in faces if face is not None]
 
-    @staticmethod
-    def _turned_back(face: Face, back: NDArray[np.float64], scale: float, shape: tuple[int, int],
+    def _turned_back(self, frame: NDArray[np.uint8], face: Face, back: NDArray[np.float64], scale: float,
                      angle: float) -> Face | None:
-        """A face found on a turned copy, in the frame's pixels (None when its centre is outside the frame)."""
+        """A face found on a turned copy, in the frame's pixels (None when its centre is outside the frame).
+
+        dlib's landmarks are fitted again in the frame: the tracker refits them there every frame and moves
+        the box by their shift, so landmarks from the upright copy made its box jump off the face."""
         def points(xy: NDArray) -> NDArray[np.float32]:
             return (np.asarray(xy, np.float64) @ back[:, :2].T + back[:, 2]).astype(np.float32)
 
         cx, cy = points([[(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]])[0]
-        height, width = shape
+        height, width = frame.shape[:2]
         if not (0 <= cx < width and 0 <= cy < height):
             return None  # found on the replicated edge
         half_w, half_h = face.width / scale / 2, face.height / scale / 2
-        box = np.array([max(0, cx - half_w), max(0, cy - half_h), min(width, cx + half_w), min(height, cy + half_h)])
+        box = np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
         keypoints = None if face.keypoints is None else points(face.keypoints)
-        return Face(box=np.round(box).astype(np.int32), landmarks=points(face.landmarks), score=face.score,
-                    keypoints=keypoints, turned=angle)
+        return dataclasses.replace(self._face_at(frame, box, face.score, keypoints), turned=angle)
 
     def _face_at(self, frame: NDArray[np.uint8], box: NDArray[np.float64], score: float,
                  keypoints: NDArray[np.float32] | None = None) -> Face:
