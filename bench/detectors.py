@@ -1,7 +1,7 @@
 """Face detectors side by side: recall and speed on small and tilted faces in 640x480 frames.
 
     python bench/detectors.py [--detectors yunet,hog,mtcnn] [--faces 40] [--sizes 30,40,56,80,120]
-                              [--tilts 0,30,45] [--upsample 0] [--seed 0]
+                              [--tilts 0,30,45] [--upsample 0] [--turn 45] [--seed 0]
 
 The frames are made as in bench/wild.py (its `face_cut`, `background` and `paste`): a CelebA
 portrait rotated by A degrees (left or right at random), its middle 60% scaled so the face is
@@ -10,8 +10,11 @@ is another photo's colours, shuffled and blurred; JPEG at quality 80 and decoded
 live frame. For each size S x tilt A, --faces frames, each face from a different person, drawn
 from --seed (each condition from its own generator, so the frames do not depend on which
 detectors or other conditions run). Every detector sees the same frames, through
-`detector.detect(frame, upsample=U, max_side=640)`: the live path's call (FACES_LIVE_UPSAMPLE 0,
-FACES_LIVE_MAX_SIDE 640), dlib's 5 landmarks in each box included.
+`detector.detect(frame, upsample=U, max_side=640 * 2**U)`: the live path's call (FACES_LIVE_UPSAMPLE 0,
+FACES_LIVE_MAX_SIDE 640; U = 1 is its closer look), dlib's 5 landmarks in each box included.
+--turn A also detects on copies turned by +A and -A degrees at the frame's own size
+(`detector.detect_turned`, as the live closer look does) and merges the faces (`merge_faces`);
+--turn 0 turns nothing. The timings are then also given per pass.
 
 A face counts as found when a box overlaps its truth box (the S x S square centred on the face)
 with IoU >= 0.3; any other box is a false box. Time is wall time per frame, after one warm-up
@@ -40,7 +43,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from wild import FACES_DIR, FRAME_H, FRAME_W, JPEG_QUALITY, MIN_IOU, background, box_iou, face_cut, paste, read_rgb  # noqa: E402
 
-from model.detect import get_detector  # noqa: E402
+from model.detect import get_detector, merge_faces  # noqa: E402
 
 
 def people_photos(folder: Path) -> list[tuple[str, list[Path]]]:
@@ -89,19 +92,25 @@ def judge(boxes: list, truth: list[float]) -> tuple[bool, int]:
     return found, len(boxes) - int(found)
 
 
-def run_detector(name: str, conditions: dict, upsample: int) -> dict:
+def run_detector(name: str, conditions: dict, upsample: int, turn: float = 0.0) -> dict:
     detector = get_detector(name)
     start = time.perf_counter()
     detector.load()
     load_s = time.perf_counter() - start
     first = next(iter(conditions.values()))[0][0]
-    detector.detect(first, upsample=upsample, max_side=FRAME_W)  # warm-up: graphs, caches
-    rows, times = [], []
+    max_side = FRAME_W * 2 ** upsample
+    angles = (turn, -turn) if turn else ()
+    detector.detect(first, upsample=upsample, max_side=max_side)  # warm-up: graphs, caches
+    detector.detect_turned(first, angles)
+    rows, times, upright_times = [], [], []
     for (size, tilt), frames in conditions.items():
         found = false = 0
         for frame, truth in frames:
             start = time.perf_counter()
-            faces = detector.detect(frame, upsample=upsample, max_side=FRAME_W)
+            faces = detector.detect(frame, upsample=upsample, max_side=max_side)
+            upright_times.append(1000 * (time.perf_counter() - start))
+            if angles:
+                faces = merge_faces(faces, detector.detect_turned(frame, angles))
             times.append(1000 * (time.perf_counter() - start))
             hit, extra = judge([face.box.tolist() for face in faces], truth)
             found += hit
@@ -114,13 +123,15 @@ def run_detector(name: str, conditions: dict, upsample: int) -> dict:
     return {"conditions": rows, "found_by_size": by_size,
             "false_boxes_per_frame": round(sum(r["false_boxes"] for r in rows) / max(1, len(times)), 4),
             "ms_per_frame": {"median": round(float(np.median(times)), 1),
-                             "p90": round(float(np.percentile(times, 90)), 1)},
+                             "p90": round(float(np.percentile(times, 90)), 1),
+                             "upright_median": round(float(np.median(upright_times)), 1)},
             "load_s": round(load_s, 1)}
 
 
 def print_table(name: str, result: dict, sizes: list[int], tilts: list[int]) -> None:
     share = {(r["size"], r["tilt"]): r["found"] / max(1, r["faces"]) for r in result["conditions"]}
-    print(f"\n{name}: found (share of faces), {result['ms_per_frame']['median']} ms a frame (median), "
+    print(f"\n{name}: found (share of faces), {result['ms_per_frame']['median']} ms a frame (median; "
+          f"{result['ms_per_frame']['upright_median']} upright), "
           f"{result['false_boxes_per_frame']} false boxes a frame")
     print("size  " + "  ".join(f"{t:>4} deg" for t in tilts))
     for s in sizes:
@@ -134,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="30,40,56,80,120")
     parser.add_argument("--tilts", default="0,30,45")
     parser.add_argument("--upsample", type=int, default=0)
+    parser.add_argument("--turn", type=float, default=0.0, help="also detect on copies turned +-this many degrees")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -142,10 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     conditions = {(s, t): condition_frames(people, s, t, args.faces, args.seed) for s in sizes for t in tilts}
     results = {}
     for name in args.detectors.split(","):
-        results[name] = run_detector(name, conditions, args.upsample)
+        results[name] = run_detector(name, conditions, args.upsample, args.turn)
         print_table(name, results[name], sizes, tilts)
     summary = {"settings": {"faces": args.faces, "sizes": sizes, "tilts": tilts, "upsample": args.upsample,
-                            "max_side": FRAME_W, "seed": args.seed, "min_iou": MIN_IOU},
+                            "max_side": FRAME_W * 2 ** args.upsample, "turn": args.turn, "seed": args.seed, "min_iou": MIN_IOU},
                "detectors": results}
     print(json.dumps(summary))
     return summary

@@ -7,6 +7,7 @@ and `align.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ from numpy.typing import NDArray
 YUNET_SCORE = 0.6
 YUNET_NMS = 0.3
 YUNET_TOP_K = 5000
+# The closer look's turned copies (degrees): YuNet boxes faces tilted up to about 30 degrees, and a copy
+# turned 45 degrees either way brings a face tilted 30-70 degrees upright (bench/detectors.py --turn).
+SEARCH_TILTS = (45.0, -45.0)
+# On turned copies only faces up to this share of the frame's shorter side count: the turned frame's whole
+# outline scored 0.6-0.7 as a face there (400-500 px boxes), and bigger tilted faces are found upright.
+TURNED_LARGEST = 0.25
+MERGE_INSIDE = 0.8
+MERGE_TILT_STEP = 10.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class Face:
     # YuNet's 5 points (x, y): eye centres (image left first), nose tip, mouth corners (image left first).
     # None for HOG faces; model.align derives them from `landmarks` then.
     keypoints: NDArray[np.float32] | None = None
+    # Degrees the copy it was found on was turned (FaceDetector.detect_turned); 0: the frame itself.
+    turned: float = 0.0
 
     @property
     def width(self) -> int:
@@ -54,6 +65,8 @@ class FaceDetector:
     """
 
     name = "hog"
+    # Angles the live closer look turns the frame by (see detect_turned); none for HOG, which finds no small faces.
+    search_tilts: tuple[float, ...] = ()
 
     def __init__(self, predictor_path: str | None = None):
         self.predictor_path = predictor_path
@@ -139,6 +152,51 @@ class FaceDetector:
         # Refit once more inside the moved box so the landmarks match the box they report.
         return self._face_at(frame, box, face.score, keypoints)
 
+    def detect_turned(self, frame: NDArray[np.uint8], angles: tuple[float, ...] | None = None, *,
+                      scale: float = 1.0, largest: float = TURNED_LARGEST) -> list[Face]:
+        """Faces found on copies of the frame turned by each angle (degrees, counter-clockwise) about its
+        centre and scaled, mapped back into the frame; for small faces tilted more than the detector copes
+        with. Faces wider or taller than `largest` x the frame's shorter side are dropped.
+        angles default to the detector's `search_tilts`.
+
+        The detector's own points (YuNet's) are found on the turned copy, where the face is upright, and
+        turned back with it.
+        Cost: one detection per angle on a canvas that holds the whole turned frame (about 2x its
+        pixels at 45 degrees). Merge with the upright faces through `merge_faces`.
+        """
+        height, width = frame.shape[:2]
+        faces = []
+        for angle in self.search_tilts if angles is None else angles:
+            matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+            cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+            size = (max(1, int(np.ceil(width * cos + height * sin))), max(1, int(np.ceil(width * sin + height * cos))))
+            matrix[:, 2] += (size[0] - width) / 2, (size[1] - height) / 2
+            # Edges replicated, not black: a black wedge's corners gave YuNet false faces.
+            turned = cv2.warpAffine(frame, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            back = cv2.invertAffineTransform(matrix)
+            biggest = largest * min(height, width) * scale
+            faces += [self._turned_back(frame, face, back, scale, angle) for face in self.detect(turned)
+                      if max(face.width, face.height) <= biggest]
+        return [face for face in faces if face is not None]
+
+    def _turned_back(self, frame: NDArray[np.uint8], face: Face, back: NDArray[np.float64], scale: float,
+                     angle: float) -> Face | None:
+        """A face found on a turned copy, in the frame's pixels (None when its centre is outside the frame).
+
+        dlib's landmarks are fitted again in the frame: the tracker refits them there every frame and moves
+        the box by their shift, so landmarks from the upright copy made its box jump off the face."""
+        def points(xy: NDArray) -> NDArray[np.float32]:
+            return (np.asarray(xy, np.float64) @ back[:, :2].T + back[:, 2]).astype(np.float32)
+
+        cx, cy = points([[(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2]])[0]
+        height, width = frame.shape[:2]
+        if not (0 <= cx < width and 0 <= cy < height):
+            return None  # found on the replicated edge
+        half_w, half_h = face.width / scale / 2, face.height / scale / 2
+        box = np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+        keypoints = None if face.keypoints is None else points(face.keypoints)
+        return dataclasses.replace(self._face_at(frame, box, face.score, keypoints), turned=angle)
+
     def _face_at(self, frame: NDArray[np.uint8], box: NDArray[np.float64], score: float,
                  keypoints: NDArray[np.float32] | None = None) -> Face:
         import dlib
@@ -165,6 +223,7 @@ class YuNetDetector(FaceDetector):
     """
 
     name = "yunet"
+    search_tilts = SEARCH_TILTS
 
     def __init__(self, predictor_path: str | None = None, *, score_threshold: float = YUNET_SCORE,
                  nms_threshold: float = YUNET_NMS):
@@ -293,12 +352,44 @@ def face_nearest_centre(faces: list[Face], frame_shape: tuple[int, ...]) -> Face
     return min(faces, key=distance)
 
 
-def box_iou(a: NDArray, b: NDArray) -> float:
-    """Intersection over union of two [left, top, right, bottom] boxes."""
+def merge_faces(faces: list[Face], more: list[Face], *, max_iou: float = YUNET_NMS) -> list[Face]:
+    """Both lists' faces, largest first. Of any two that overlap by more than max_iou, or where one lies
+    mostly (`MERGE_INSIDE`) inside the other (an upright pass's loose box around a tilted face), the one
+    that stood less upright where it was found is dropped, or on a tie (same `MERGE_TILT_STEP`) the less
+    sure: YuNet's points on a tilted face lean towards upright, so that face's chip is aligned worse."""
+    def same(a: Face, b: Face) -> bool:
+        inside = box_overlap(a.box, b.box) / max(1, min(a.width * a.height, b.width * b.height))
+        return box_iou(a.box, b.box) > max_iou or inside >= MERGE_INSIDE
+
+    def rank(face: Face) -> tuple[int, float]:
+        return round(abs(found_tilt(face)) / MERGE_TILT_STEP), -face.score
+
+    kept: list[Face] = []
+    for face in sorted(faces + more, key=rank):
+        if not any(same(face, other) for other in kept):
+            kept.append(face)
+    return sorted(kept, key=lambda face: face.width * face.height, reverse=True)
+
+
+def found_tilt(face: Face) -> float:
+    """How far the face's eye line was from level (degrees) on the copy it was found on; 0 without points."""
+    if face.keypoints is None:
+        return 0.0
+    dx, dy = face.keypoints[1] - face.keypoints[0]
+    return float((np.degrees(np.arctan2(dy, dx)) - face.turned + 180) % 360 - 180)
+
+
+def box_overlap(a: NDArray, b: NDArray) -> float:
+    """The area two [left, top, right, bottom] boxes share."""
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
+    return float(width * height) if width > 0 and height > 0 else 0.0
+
+
+def box_iou(a: NDArray, b: NDArray) -> float:
+    """Intersection over union of two [left, top, right, bottom] boxes."""
+    inter = box_overlap(a, b)
+    if inter == 0.0:
         return 0.0
-    inter = float(width * height)
     union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
     return inter / union
