@@ -10,7 +10,8 @@ Per frame, `FaceTracker.update`:
 
 1. A frame of another size ends every track (its boxes belong to another picture).
 2. Follow: each box moves by its track's velocity over the time since the last frame,
-   then the 5 landmarks are refitted inside it (about 1 ms a face) and the box follows them.
+   then the 5 landmarks are refitted inside it (about 1 ms a face; again inside the moved box only when
+   they moved, model.follow.follow_face) and the box follows them.
 3. Look: a 24x24 grey picture of each face, placed from the landmarks, is compared with the
    one kept from its last embedding. Below `change_corr` (another person at the same place
    scores at most about 0.7 on CelebA, the same face moving about 1.0), or nothing there (a
@@ -26,7 +27,8 @@ Per frame, `FaceTracker.update`:
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
    detections; the other detections start tracks.
 5. Embed, in one batch, every track that is due: new and doubted tracks at once, the others
-   every `recheck_s` until their evidence settles, then every `reembed_s`.
+   every `recheck_s` until their evidence settles, then every `reembed_s`; a settled track's chip goes
+   without its mirror image unless that disagrees with its evidence (see FaceTracker._features).
 6. Decide on the track, not the frame: its unit embeddings are summed, each weighted by face
    size (1 from `full_face_px` up, (side / full_face_px)^2 below; the oldest fade once the
    weight passes `evidence_cap`), and the fused vector is matched. A name needs
@@ -378,9 +380,9 @@ class FaceTracker:
         self._match(due, gallery)
 
     def _features(self, frame: NDArray[np.uint8], due: list[Track]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Features and embeddings of the tracks' faces, in one batch. A settled track's chip goes without its
-        mirror image (half the cost; on CelebA the two embeddings' cosine is at least 0.988), and again with it
-        when that embedding disagrees with its evidence: a new person's evidence starts from a flipped one."""
+        """Features and embeddings of the tracks' faces, a batch for each kind. A settled track's chip goes
+        without its mirror image (half the cost; on CelebA the two embeddings' cosine is at least 0.988), and
+        again with it when that embedding disagrees with its evidence: new evidence starts from a flipped one."""
         plain = [] if self.reembed_flip else [i for i, t in enumerate(due) if t.evidence.weight >= self.settle_evidence]
         flipped = [i for i in range(len(due)) if i not in plain]
         rows = [(group, self.recognizer.features(frame, [due[i].face for i in group], **options))
