@@ -163,13 +163,15 @@ class Recognizer:
         """Faces in an RGB uint8 frame, largest first; see FaceDetector.detect."""
         return self.detector.detect(frame, upsample=upsample, max_side=max_side)
 
-    def features(self, frame: NDArray[np.uint8], faces: list[Face]) -> NDArray[np.float32]:
+    def features(self, frame: NDArray[np.uint8], faces: list[Face], *, flip: bool | None = None) -> NDArray[np.float32]:
         """Backbone features of the given faces: float32 [N, backbone.dim], unit rows.
 
         With flip on, the features of the chip and its mirror image are averaged.
+        :param flip: None: the recognizer's `flip`; False: the chip alone (half the cost), e.g. for a live
+            track's routine re-check.
         """
         self.load()
-        return self.backbone.features(frame, faces, flip=self.flip)
+        return self.backbone.features(frame, faces, flip=self.flip if flip is None else flip and self.flip)
 
     def embed(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
         """Backbone features -> float32 [N, 128] embeddings through the head."""

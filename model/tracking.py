@@ -10,7 +10,8 @@ Per frame, `FaceTracker.update`:
 
 1. A frame of another size ends every track (its boxes belong to another picture).
 2. Follow: each box moves by its track's velocity over the time since the last frame,
-   then the 5 landmarks are refitted inside it (about 1 ms a face) and the box follows them.
+   then the 5 landmarks are refitted inside it (about 1 ms a face; again inside the moved box only when
+   they moved, model.follow.follow_face) and the box follows them.
 3. Look: a 24x24 grey picture of each face, placed from the landmarks, is compared with the
    one kept from its last embedding. Below `change_corr` (another person at the same place
    scores at most about 0.7 on CelebA, the same face moving about 1.0), or nothing there (a
@@ -27,7 +28,8 @@ Per frame, `FaceTracker.update`:
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
    detections; the other detections start tracks.
 5. Embed, in one batch, every track that is due: new and doubted tracks at once, the others
-   every `recheck_s` until their evidence settles, then every `reembed_s`.
+   every `recheck_s` until their evidence settles, then every `reembed_s`; a settled track's chip goes
+   without its mirror image unless that disagrees with its evidence (see FaceTracker._features).
 6. Decide on the track, not the frame: its unit embeddings are summed, each weighted by face
    size (1 from `full_face_px` up, (side / full_face_px)^2 below; the oldest fade once the
    weight passes `evidence_cap`), and the fused vector is matched. A name needs
@@ -44,20 +46,17 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from model.detect import Face, box_iou, merge_faces
 from model.evidence import Evidence, face_weight
+from model.follow import SCENE_SIZE, appearance, follow_face, scene
 from model.gallery import Gallery, Match
 from model.recognizer import TOO_BLURRED, Recognition, Recognizer
 
 # Match.reason of a track whose fused embedding names someone on less than name_evidence of weight.
 PENDING = "not enough frames of this face yet"
-APPEARANCE_SIDE = 24
-# The whole frame as a grey thumbnail this size (cells of 20x20 pixels at 640x480), to see whether it changed.
-SCENE_SIZE = (32, 24)
 # A cell changed when its grey level moved more than this (0..255); the picture changed when this share of
 # the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
@@ -68,33 +67,6 @@ FULL_RATE_FPS = 15.0  # FaceTracker's full_rate_fps by default (see the module d
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
 # Velocities are smoothed: the newest frame's counts this much.
 VELOCITY_SMOOTHING = 0.5
-
-
-def appearance(frame: NDArray[np.uint8], face: Face) -> NDArray[np.float32] | None:
-    """A tiny zero-mean, unit-length grayscale picture of the face (None when it is off the frame or blank).
-
-    The square is placed from the landmarks, not the box: detector boxes jitter
-    by several pixels between frames, the landmarks much less.
-    """
-    centre = face.landmarks.mean(axis=0)
-    spread = float(np.ptp(face.landmarks[:, 0]))
-    half = max(4.0, 0.9 * spread)
-    left, top = (int(round(v - half)) for v in centre)
-    right, bottom = (int(round(v + half)) for v in centre)
-    crop = frame[max(0, top) : max(0, bottom), max(0, left) : max(0, right)]
-    if crop.size == 0:
-        return None
-    gray = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (APPEARANCE_SIDE, APPEARANCE_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
-    small = small.ravel() - small.mean()
-    norm = float(np.linalg.norm(small))
-    return small / norm if norm > 1.0 else None  # under 1 grey level of contrast in all: nothing is there
-
-
-def scene(frame: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """The frame as a float32 [24, 32] grey thumbnail (see SCENE_SIZE)."""
-    small = cv2.resize(np.ascontiguousarray(frame), SCENE_SIZE, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
 
 
 def _centre(face: Face) -> NDArray[np.float64]:
@@ -157,6 +129,8 @@ class FaceTracker:
     :param max_gap_s: no motion is predicted over longer gaps between frames.
     :param search_every_s: detect at twice the size this often, for small and tilted faces (0: never).
     :param full_rate_fps: the frame rate the timed work is set for (a camera analysed at 5 fps says 5).
+    :param reembed_flip: also embed the mirrored chip when re-checking a settled track (2x its cost; the
+        recognizer's flip applies to every other embedding).
     """
 
     def __init__(
@@ -180,6 +154,7 @@ class FaceTracker:
         max_gap_s: float = 1.0,
         search_every_s: float = 3.0,
         full_rate_fps: float = FULL_RATE_FPS,
+        reembed_flip: bool = False,
     ):
         self.recognizer = recognizer
         self.detect_every_s, self.detect_still_s = detect_every_s, detect_still_s
@@ -189,7 +164,7 @@ class FaceTracker:
         self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
-        self.max_gap_s = max_gap_s
+        self.max_gap_s, self.reembed_flip = max_gap_s, reembed_flip
         self.tracks: list[Track] = []
         self.detections = 0  # detector runs so far
         self.embedded = 0  # faces embedded so far
@@ -277,7 +252,7 @@ class FaceTracker:
                 centre = _centre(face) + shift
                 shift += np.clip(centre, 0, [width - 1, height - 1]) - centre  # the centre stays in the frame
                 face = _moved(face, shift)
-            refit = self.recognizer.detector.refit(frame, face)
+            refit = follow_face(self.recognizer.detector, frame, face)
             if refit is None:  # the box left the frame
                 continue
             track.face = refit
@@ -400,8 +375,7 @@ class FaceTracker:
                    due: list[Track]) -> None:
         if not due:
             return
-        features = self.recognizer.features(frame, [t.face for t in due])  # one batch for every face due
-        embeddings = self.recognizer.embed(features)
+        features, embeddings = self._features(frame, due)
         self.embedded += len(due)
         same_person = self.recognizer.threshold
         for track, feature, embedding in zip(due, features, embeddings):
@@ -412,6 +386,23 @@ class FaceTracker:
             track.looks, track.last_embedded, track.doubt = looks.get(track.track_id), now, False
             track.embedded_frame = self._frames
         self._match(due, gallery)
+
+    def _features(self, frame: NDArray[np.uint8], due: list[Track]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Features and embeddings of the tracks' faces, a batch for each kind. A settled track's chip goes
+        without its mirror image (half the cost; on CelebA the two embeddings' cosine is at least 0.988), and
+        again with it when that embedding disagrees with its evidence: new evidence starts from a flipped one."""
+        plain = [] if self.reembed_flip else [i for i, t in enumerate(due) if t.evidence.weight >= self.settle_evidence]
+        flipped = [i for i in range(len(due)) if i not in plain]
+        rows = [(group, self.recognizer.features(frame, [due[i].face for i in group], **options))
+                for group, options in ((flipped, {}), (plain, {"flip": False})) if group]
+        features = np.concatenate([part for _, part in rows])[np.argsort([i for group, _ in rows for i in group])]
+        embeddings = self.recognizer.embed(features)
+        same_person = self.recognizer.threshold
+        again = [i for i in plain if due[i].evidence.cosine(embeddings[i]) < same_person]
+        if again:
+            features[again] = self.recognizer.features(frame, [due[i].face for i in again])
+            embeddings[again] = self.recognizer.embed(features[again])
+        return features, embeddings
 
     def _match(self, tracks: list[Track], gallery: Gallery) -> None:
         if not tracks:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from model.detect import box_iou
 from model.gallery import Gallery
 from model.images import load_image
+from model.follow import follow_face
 from model.tracking import PENDING, FaceTracker
 
 FPS = 15
@@ -60,6 +63,7 @@ class CountingRecognizer:
         self._r = recognizer
         self.detections = 0
         self.embedded_faces = 0
+        self.calls = []  # each features() call: (faces, whether the mirrored chip was asked for)
         self.detector = recognizer.detector
         self.head = recognizer.head
         self.threshold = recognizer.threshold if threshold is None else threshold
@@ -69,9 +73,10 @@ class CountingRecognizer:
         self.detections += 1
         return self._r.find_faces(frame, **kw)
 
-    def features(self, frame, faces):
+    def features(self, frame, faces, **options):
         self.embedded_faces += len(faces)
-        return self._r.features(frame, faces)
+        self.calls.append((len(faces), options.get("flip", True)))
+        return self._r.features(frame, faces, **options)
 
     def embed(self, features):
         return self._r.embed(features)
@@ -271,3 +276,54 @@ def test_a_slowed_stream_detects_no_more_a_frame_but_a_slow_camera_keeps_its_sch
         counts[name] = tracker.detections
     # 2 fps: the slowed stream detects every 3 frames (0.2 s at 15 fps), the camera on every frame (0.2 s passed).
     assert counts == {"slowed": 14, "camera": 40}, counts
+
+
+def test_a_still_face_is_followed_with_one_landmark_fit_and_a_moving_one_with_two(recognizer, celeba_dir, monkeypatch):
+    photo = portrait(celeba_dir, "celeb_7201", 1)
+    still, moved = placed(photo, 195), placed(photo, 207)
+    [face] = recognizer.find_faces(still)
+    fits = []
+    fit = recognizer.detector.face_in
+    monkeypatch.setattr(recognizer.detector, "face_in", lambda frame, box: fits.append(1) or fit(frame, box))
+    once = follow_face(recognizer.detector, still, follow_face(recognizer.detector, still, face))
+    assert len(fits) == 2  # the points stay where the detection fitted them: one fit a frame
+    twice = recognizer.detector.refit(still, face)
+    assert np.abs(once.box - twice.box).max() <= 2 and np.abs(once.landmarks - twice.landmarks).max() <= 2
+    fits.clear()
+    followed = follow_face(recognizer.detector, moved, once)  # 12 px further, not predicted: fitted twice
+    assert len(fits) == 2
+    refit = recognizer.detector.refit(moved, once)
+    assert np.array_equal(followed.box, refit.box) and np.array_equal(followed.landmarks, refit.landmarks)
+    assert followed.score == face.score
+    gone = dataclasses.replace(face, box=face.box + np.array([700, 0, 700, 0]), landmarks=face.landmarks + [700, 0])
+    assert follow_face(recognizer.detector, still, gone) is None
+
+
+def test_a_settled_track_is_rechecked_without_the_mirrored_chip(recognizer, celeba_dir, gallery):
+    frame = placed(portrait(celeba_dir, "celeb_7201", 1), 195)
+    for reembed_flip, expected in ((False, [(1, True), (1, True), (1, False)]), (True, [(1, True)] * 3)):
+        counting = CountingRecognizer(recognizer)
+        faces_tracker = tracker(counting, reembed_flip=reembed_flip)
+        for k in range(40):  # 2.6 s: embedded when new, at 0.2 s (then settled) and at 2.2 s (reembed_s)
+            [face] = faces_tracker.update(frame, gallery, now=k / FPS)
+            assert face.match.person_id == 7201, k
+        assert counting.calls == expected, reembed_flip
+
+
+def test_a_settled_track_whose_plain_embedding_disagrees_starts_again_from_a_flipped_one(recognizer, celeba_dir,
+                                                                                         gallery):
+    counting = CountingRecognizer(recognizer)
+    faces_tracker = tracker(counting)
+    known = placed(portrait(celeba_dir, "celeb_7201", 1), 195)
+    stranger = placed(portrait(celeba_dir, "celeb_7205", 1), 195)
+    for k in range(20):
+        faces_tracker.update(known, gallery, now=k / FPS)
+    assert counting.calls == [(1, True), (1, True)]
+    [face] = faces_tracker.update(stranger, gallery, now=20 / FPS)
+    assert face.match.person_id is None
+    # In doubt and settled: the chip alone first, then, as it is someone else, with its mirror image.
+    assert counting.calls[2:] == [(1, False), (1, True)]
+    [track] = faces_tracker.tracks
+    assert track.evidence.count == 1
+    flipped = recognizer.embed_faces(stranger, [track.face])[0]
+    assert float(track.embedding @ flipped) > 0.9999  # its evidence starts from the flipped embedding
