@@ -361,14 +361,16 @@ def merge_faces(faces: list[Face], more: list[Face], *, max_iou: float = YUNET_N
         inside = box_overlap(a.box, b.box) / max(1, min(a.width * a.height, b.width * b.height))
         return box_iou(a.box, b.box) > max_iou or inside >= MERGE_INSIDE
 
-    def rank(face: Face) -> tuple[int, float]:
-        return round(abs(found_tilt(face)) / MERGE_TILT_STEP), -face.score
-
     kept: list[Face] = []
-    for face in sorted(faces + more, key=rank):
+    for face in sorted(faces + more, key=found_rank):
         if not any(same(face, other) for other in kept):
             kept.append(face)
     return sorted(kept, key=lambda face: face.width * face.height, reverse=True)
+
+
+def found_rank(face: Face) -> tuple[int, float]:
+    """Of two finds of one face, the lower ranks better: found more upright (in MERGE_TILT_STEPs), then surer."""
+    return round(abs(found_tilt(face)) / MERGE_TILT_STEP), -face.score
 
 
 def found_tilt(face: Face) -> float:

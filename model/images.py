@@ -90,7 +90,7 @@ def decode_image(
             warnings.simplefilter("ignore")
             image.load()
             image = _shrink(image, target)
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a frame that needs no turn
         return _to_rgb(image)
     except ImageError:
         raise
@@ -144,5 +144,5 @@ def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb)

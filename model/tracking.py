@@ -21,9 +21,11 @@ Per frame, `FaceTracker.update`:
    and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
    anyway. Every `search_every_s` (and on a stream's first frame) the detection looks at
    twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
-   degrees instead of 8-43% (bench/wild.py's frames), for about 4x one detection's time; YuNet's
-   also turns the frame 45 degrees each way (`_detect`), for 95% of 30 px faces at 45, about 8x in all. A
-   track only such a look found is not missed by the plain ones in between. A detection continues the
+   degrees instead of 8-43% (bench/wild.py's frames), for about 3x one detection's time; YuNet's
+   look then turns the frame 45 degrees each way, one turn on each of the next two frames (`_detect`;
+   a stream's first look all on its first frame), for 95% of 30 px faces at 45, about 2x each. The pieces keep a frame's wait short, and looks of
+   streams started together fall on different frames (`search_phase`). A track only such a look
+   found is not missed by the plain ones in between. A detection continues the
    track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
    detections; the other detections start tracks.
@@ -43,13 +45,14 @@ Per frame, `FaceTracker.update`:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detect import Face, box_iou, merge_faces
+from model.detect import Face, box_iou, found_rank
 from model.evidence import Evidence, face_weight
 from model.follow import SCENE_SIZE, appearance, follow_face, scene
 from model.gallery import Gallery, Match
@@ -67,6 +70,11 @@ FULL_RATE_FPS = 15.0  # FaceTracker's full_rate_fps by default (see the module d
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
 # Velocities are smoothed: the newest frame's counts this much.
 VELOCITY_SMOOTHING = 0.5
+# Closer looks of streams started together would fall on the same frames and hold up the worker's other
+# streams together: after its first, each tracker's looks are shifted by its own share of search_every_s,
+# the golden ratio's steps spreading any number of trackers evenly.
+SEARCH_PHASES = itertools.count()
+GOLDEN = (5 ** 0.5 - 1) / 2
 
 
 def _centre(face: Face) -> NDArray[np.float64]:
@@ -128,6 +136,8 @@ class FaceTracker:
     :param evidence_cap: past this weight older embeddings fade.
     :param max_gap_s: no motion is predicted over longer gaps between frames.
     :param search_every_s: detect at twice the size this often, for small and tilted faces (0: never).
+    :param search_phase: the share (0..1) of search_every_s by which the second closer look comes early
+        (None: each tracker its own, see SEARCH_PHASES).
     :param full_rate_fps: the frame rate the timed work is set for (a camera analysed at 5 fps says 5).
     :param reembed_flip: also embed the mirrored chip when re-checking a settled track (2x its cost; the
         recognizer's flip applies to every other embedding).
@@ -153,6 +163,7 @@ class FaceTracker:
         evidence_cap: float = 10.0,
         max_gap_s: float = 1.0,
         search_every_s: float = 3.0,
+        search_phase: float | None = None,
         full_rate_fps: float = FULL_RATE_FPS,
         reembed_flip: bool = False,
     ):
@@ -161,6 +172,7 @@ class FaceTracker:
         self.recheck_s, self.reembed_s = recheck_s, reembed_s
         self.max_side, self.upsample = max_side, upsample
         self.search_every_s, self.full_rate_fps = search_every_s, full_rate_fps
+        self.search_phase = next(SEARCH_PHASES) * GOLDEN % 1.0 if search_phase is None else search_phase
         self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
@@ -174,6 +186,8 @@ class FaceTracker:
         self._last_search: float | None = None
         self._frames = self._searched_at = self._detected_at = 0  # frames seen; that count at the last look, detection
         self._scene: NDArray[np.float32] | None = None
+        self._turns: list[float] = []  # the closer look's turned copies still to look at, one a frame
+        self._look_finds: dict[int, tuple] | None = None  # during a closer look: tracks found so far, their find's rank
         self._head = getattr(recognizer, "head", None)
         self._rematch = False
 
@@ -195,11 +209,21 @@ class FaceTracker:
         thumbnail = scene(frame)
         self._frames += 1
         search = self._search_due(now)
-        if search or self._detection_due(now, thumbnail):
+        turns = [self._turns.pop(0)] if self._turns else []
+        detect = search or self._detection_due(now, thumbnail)
+        if detect:
             self._detect(frame, now, self.upsample + 1 if search else self.upsample)
             self._last_detection, self._scene, self._detected_at = now, thumbnail, self._frames
+            if search and self._last_search is None:  # a stream's first look is taken whole: nothing is tracked yet
+                turns, self._turns = self._turns, []
             if search:
-                self._last_search, self._searched_at = now, self._frames
+                self._searched(now)
+        for turn in turns:
+            self._detect(frame, now, self.upsample + 1, turn=turn)
+        if self._look_finds is not None and not self._turns:
+            self._end_missing(set(self._look_finds), self.upsample + 1)  # the closer look's last piece
+            self._look_finds = None
+        if detect or turns:
             looks = self._look(frame)
         due = [t for t in self.tracks if not t.evidence.count or t.doubt or self._reembed_due(t, now)]
         # Blur only matters where a face would be embedded now or has no name to keep: the others skip the check.
@@ -221,7 +245,7 @@ class FaceTracker:
 
     def reset(self) -> None:
         """End every track (e.g. after a frame of another size)."""
-        self.tracks = []
+        self.tracks, self._turns, self._look_finds = [], [], None
         self._last_detection, self._scene, self._last_search = None, None, None
 
     def gallery_changed(self) -> None:
@@ -298,19 +322,40 @@ class FaceTracker:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
-        return self._waited(now - self._last_search, self._frames - self._searched_at, self.search_every_s)
+        since, frames = now - self._last_search, self._frames - self._searched_at
+        return not self._turns and self._waited(since, frames, self.search_every_s)
 
-    def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int) -> None:
-        max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None
-        faces = self.recognizer.find_faces(frame, upsample=upsample, max_side=max_side)
-        detector = getattr(self.recognizer, "detector", None)
-        tilts = getattr(detector, "search_tilts", ())
-        if upsample > self.upsample and tilts:
-            # The closer look also turns the frame (YuNet: 45 degrees each way) at the plain detection's scale,
-            # where small, much tilted faces stand upright.
-            scale = min(1.0, self.max_side / max(frame.shape[:2])) if self.max_side else 1.0
-            faces = merge_faces(faces, detector.detect_turned(frame, tilts, scale=scale))
+    def _searched(self, now: float) -> None:
+        """A closer look was taken now; after the stream's first, the next comes search_phase early."""
+        early = self.search_phase * self.search_every_s if self._last_search is None else 0.0
+        self._last_search, self._searched_at = now - early, self._frames - round(early * self.full_rate_fps)
+
+    def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int, turn: float | None = None) -> None:
+        """A plain detection (upsample), or a piece of the closer look (upsample + 1): first upright at twice the
+        size, then on each of the next frames the frame turned by one of the detector's `search_tilts` (YuNet:
+        45 degrees each way) at the plain detection's scale, where small, much tilted faces stand upright. In
+        pieces, no frame waits for the whole look (but a stream's first, see update); the tracks none of its
+        pieces found miss it at its last."""
+        faces = self._find(frame, upsample, turn)
         self.detections += 1
+        closer = upsample > self.upsample
+        if closer and turn is None:
+            self._turns = list(getattr(getattr(self.recognizer, "detector", None), "search_tilts", ()))
+            self._look_finds = {}
+        found = self._assign(faces, now, upsample, turned=turn is not None)
+        if not closer:
+            self._end_missing(found, upsample)
+
+    def _find(self, frame: NDArray[np.uint8], upsample: int, turn: float | None) -> list[Face]:
+        if turn is not None:
+            scale = min(1.0, self.max_side / max(frame.shape[:2])) if self.max_side else 1.0
+            return self.recognizer.detector.detect_turned(frame, (turn,), scale=scale)
+        max_side = self.max_side * 2 ** (upsample - self.upsample) if self.max_side else None
+        return self.recognizer.find_faces(frame, upsample=upsample, max_side=max_side)
+
+    def _assign(self, faces: list[Face], now: float, found_at: int, *, turned: bool) -> set[int]:
+        """Each face continues the track it overlaps or is near, or starts one; returns the ids of tracks found.
+        A turned find replaces a face found earlier in the same closer look only where it stood more upright."""
         pairs = []
         for ti, track in enumerate(self.tracks):
             size = max(track.face.width, track.face.height, 1)
@@ -322,31 +367,44 @@ class FaceTracker:
                 near = float(np.linalg.norm(_centre(face) - _centre(track.face))) / size
                 if near <= self.max_jump and 0.5 <= max(face.width, face.height) / size <= 2.0:
                     pairs.append((1.0 - near / (self.max_jump + 1e-9) * 0.999, ti, fi))
-        taken_tracks, taken_faces = set(), set()
+        found, taken_tracks, taken_faces = set(), set(), set()
         for _, ti, fi in sorted(pairs, reverse=True):
             if ti in taken_tracks or fi in taken_faces:
                 continue
             taken_tracks.add(ti)
             taken_faces.add(fi)
-            track = self.tracks[ti]
-            track.face, track.misses, track.at_detection = faces[fi], 0, faces[fi].box.copy()
-            track.found_at = upsample
+            track, face = self.tracks[ti], faces[fi]
+            found.add(track.track_id)
+            if self._look_finds is not None:
+                earlier = self._look_finds.get(track.track_id)
+                if turned and earlier is not None and earlier <= found_rank(face):
+                    continue
+                self._look_finds[track.track_id] = found_rank(face)
+            track.face, track.misses, track.at_detection = face, 0, face.box.copy()
+            track.found_at = found_at
+        for fi, face in enumerate(faces):
+            if fi not in taken_faces:
+                self.tracks.append(Track(self._next_id, face, born=now, seen=now, at_detection=face.box.copy(),
+                                         found_at=found_at))
+                found.add(self._next_id)
+                if self._look_finds is not None:
+                    self._look_finds[self._next_id] = found_rank(face)
+                self._next_id += 1
+        return found
+
+    def _end_missing(self, found: set[int], upsample: int) -> None:
+        """Tracks a detection at this upsample did not find miss it; one in doubt, or missed too often, ends."""
         kept = []
-        for ti, track in enumerate(self.tracks):
-            if ti not in taken_tracks and track.found_at > upsample and not track.doubt:
-                kept.append(track)  # only a closer look found it: the next one says whether it is gone
-                continue
-            if ti not in taken_tracks:
+        for track in self.tracks:
+            if track.track_id not in found:
+                if track.found_at > upsample and not track.doubt:
+                    kept.append(track)  # only a closer look found it: the next one says whether it is gone
+                    continue
                 track.misses += 1
                 if track.doubt or track.misses > self.max_misses:
                     continue  # gone: a blank or changed place with no face found there ends its track
             kept.append(track)
         self.tracks = kept
-        for fi, face in enumerate(faces):
-            if fi not in taken_faces:
-                self.tracks.append(Track(self._next_id, face, born=now, seen=now, at_detection=face.box.copy(),
-                                         found_at=upsample))
-                self._next_id += 1
 
     def _reembed_due(self, track: Track, now: float) -> bool:
         """Re-embedding by time; a settled track's also waits for frames, an unsettled one's not (its name is due)."""

@@ -251,7 +251,7 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
     frame = np.full((480, 640, 3), 120, np.uint8)
     for fps, expected in ((15.0, [0, 45, 90]), (1.0, [0, 45, 90]), (30.0, [0, 90])):
         looks.clear()
-        tracker = FaceTracker(recognizer, search_every_s=3.0)
+        tracker = FaceTracker(recognizer, search_every_s=3.0, search_phase=0.0)
         searched = []
         for i in range(100):
             before = len(looks)
@@ -259,6 +259,84 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
             if 1 in looks[before:]:
                 searched.append(i)
         assert searched == expected, (fps, searched)
+
+
+def looks_at(recognizer, tracker, frames, fps=FPS):
+    """The frame numbers on which the tracker took a closer look (a detection at upsample 1)."""
+    calls = []
+    find_faces = recognizer.find_faces
+    recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
+        calls.append(upsample) or find_faces(frame, upsample=upsample, max_side=max_side))
+    searched = []
+    for i, frame in enumerate(frames):
+        before = len(calls)
+        tracker.update(frame, Gallery(dim=128), i / fps)
+        if 1 in calls[before:]:
+            searched.append(i)
+    recognizer.find_faces = find_faces
+    return searched
+
+
+def test_streams_started_together_take_their_closer_looks_on_different_frames():
+    from fakes import fake_recognizer
+
+    recognizer = fake_recognizer()
+    frames = [np.full((480, 640, 3), 120, np.uint8)] * 100
+    second = sorted(looks_at(recognizer, FaceTracker(recognizer), frames)[1] for _ in range(5))
+    # The first look is on the first frame; the next ones come search_phase early, spread over the 45 frames.
+    assert all(0 < s <= 45 for s in second) and min(np.diff(second)) >= 4, second
+    assert looks_at(recognizer, FaceTracker(recognizer, search_phase=0.5), frames) == [0, 23, 68]
+
+
+class TurningDetector:
+    """The fake detector with a closer look's turned copies: each run is recorded, and the turned copies
+    find the faces in `turned` (angle -> boxes) while it holds them."""
+
+    search_tilts = (45.0, -45.0)
+
+    def __init__(self):
+        from fakes import FakeDetector
+
+        self.fake, self.runs, self.turned = FakeDetector(), [], {}
+
+    def __getattr__(self, name):
+        return getattr(self.fake, name)
+
+    def detect(self, frame, *, upsample=0, max_side=None):
+        self.runs.append(f"upright x{upsample + 1}")
+        return self.fake.detect(frame, upsample=upsample, max_side=max_side)
+
+    def detect_turned(self, frame, angles, *, scale=1.0):
+        self.runs.append(f"turned {angles[0]:+.0f}")
+        return [self.fake.face_in(frame, box) for angle in angles for box in self.turned.get(angle, [])]
+
+
+def test_the_closer_look_takes_one_piece_a_frame_and_a_turned_find_outlasts_the_plain_detections():
+    from fakes import FakeBackbone
+
+    from model.recognizer import Recognizer
+
+    detector = TurningDetector()
+    tracker = FaceTracker(Recognizer(FakeBackbone(), detector=detector).load(), search_phase=0.0)
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[200:230, 300:330] = np.random.default_rng(1).integers(0, 256, (30, 30, 3))  # too small upright
+    detector.turned = {45.0: [[300, 200, 330, 230]]}
+    runs, ids = [], []
+    for i in range(140):
+        if i == 50:
+            detector.turned = {}  # the face is no longer found
+        before = len(detector.runs)
+        tracks = tracker.update(frame, Gallery(dim=128), i / FPS)
+        runs.append(detector.runs[before:])
+        ids.append([t.track_id for t in tracks])
+    # The stream's first look is whole; the later ones take a piece a frame.
+    assert runs[:2] == [["upright x2", "turned +45", "turned -45"], []]
+    assert runs[45:49] == [["upright x2"], ["turned +45"], ["turned -45"], []]
+    assert all(len([r for r in frame_runs if r != "upright x1"]) <= 1 for frame_runs in runs[1:])
+    # Found by a turned copy, kept by the plain detections and by the upright piece that misses it; missed by
+    # two whole looks (frames 90-92, 135-137), it ends at the last piece of the second, not at its first.
+    assert all(track_ids == [0] for track_ids in ids[:137]), ids
+    assert ids[137:] == [[], [], []]
 
 
 def test_a_slowed_stream_detects_no_more_a_frame_but_a_slow_camera_keeps_its_schedule():

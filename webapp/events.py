@@ -276,7 +276,9 @@ class LiveFrames:
                 started = time.perf_counter()
                 event, payload = stream.answer(frame_id, data, arrived)
                 self.server.emit(event, payload, to=sid, namespace=NAMESPACE)
-                self.capacity.answered(time.perf_counter() - started)
+                connection = self._connections.get(sid)
+                if connection is not None and connection.counts_toward_capacity(time.monotonic()):
+                    self.capacity.answered(time.perf_counter() - started)
                 self.processed += 1
             with self._lock:
                 self._busy[index] = None

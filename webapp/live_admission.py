@@ -7,7 +7,8 @@ connected, `Capacity` measures that capacity from the frames the workers answer,
 Capacity is measured, not configured (unless FACES_LIVE_CAPACITY_FPS is set), because
 what a machine answers depends on the model, the frames and whatever else runs on it:
 workers x LOAD_TARGET / the mean time a frame took over the last COST_WINDOW_S (the
-slowest COST_TRIM left out: new faces, detected and embedded at once). A frame's time is
+slowest COST_TRIM left out: new faces, detected and embedded at once; and the frames of a
+stream's first NEW_STREAM_S, when it looks for faces all over). A frame's time is
 its worker's wall time, so it grows when the workers wait for each other on Python's GIL
 (dlib's network and landmarks hold it) or for cores other programs use.
 """
@@ -18,7 +19,7 @@ import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The workers are planned to be busy this share of the time (the sockets' own threads need the rest).
 LOAD_TARGET = 0.85
@@ -28,6 +29,10 @@ PRIOR_COST_S = 0.012
 COST_MIN_SAMPLES = 20
 COST_WINDOW_S = 4.0
 COST_TRIM = 0.1
+# A stream's first frames (its first closer look taken whole, its new faces embedded at once) are a one-off:
+# frames of its first NEW_STREAM_S do not count toward the capacity, or streams starting together would
+# read as a full server and slow each other down.
+NEW_STREAM_S = 1.0
 # Rates are worked out again this often (seconds), and sent when they change by at least RATE_STEP (a share).
 RATE_EVERY_S = 2.0
 RATE_STEP = 0.1
@@ -116,6 +121,11 @@ class Connection:
     sent: tuple[float, str | None] | None = None  # the last `rate` event it got
     tokens: float = PACE_BURST  # frames it may have taken now (see PACE_MARGIN)
     filled: float = 0.0  # when tokens was last topped up (time.monotonic())
+    opened: float = field(default_factory=time.monotonic)
+
+    def counts_toward_capacity(self, now: float) -> bool:
+        """Whether its frames' cost tells the capacity (not in its first NEW_STREAM_S)."""
+        return now - self.opened >= NEW_STREAM_S
 
     def wait_s(self, now: float) -> float:
         """Seconds until its next frame may be taken (0: now), the bucket topped up first."""

@@ -156,6 +156,28 @@ def test_a_full_server_slows_the_newest_streams_first_and_says_so(make_app):
     fourth.disconnect(NAMESPACE)
 
 
+def test_a_new_streams_first_second_does_not_count_toward_the_capacity(make_app):
+    """Its first frames (a whole closer look, new faces embedded) are a one-off, not what the server can do."""
+    from webapp.live_admission import NEW_STREAM_S
+
+    app = make_app(LIVE_WORKERS=1)
+    live = app.extensions["live"]
+    client = connect(app)
+    for i in range(3):
+        client.emit("frame", jpeg(face_frame(i)), namespace=NAMESPACE)
+        wait_for(client, "faces")
+    time.sleep(0.2)
+    assert len(live.capacity._costs) == 0
+    live._connections[sid_of(client)].opened -= NEW_STREAM_S  # as if its first second had passed
+    client.emit("frame", jpeg(face_frame(3)), namespace=NAMESPACE)
+    wait_for(client, "faces")
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while not live.capacity._costs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(live.capacity._costs) == 1
+    client.disconnect(NAMESPACE)
+
+
 def test_allocate_keeps_older_streams_and_floors_newer_ones():
     assert allocate([15, 15], 100, 8) == [15, 15]
     assert allocate([30, 30, 30], 60, 8) == [30, 22, 8]
