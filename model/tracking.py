@@ -23,8 +23,10 @@ Per frame, `FaceTracker.update`:
    twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
    degrees instead of 8-43% (bench/wild.py's frames), for about 3x one detection's time; YuNet's
    look then turns the frame 45 degrees each way, one turn on each of the next two frames (`_detect`;
-   a stream's first look all on its first frame), for 95% of 30 px faces at 45, about 2x each. The pieces keep a frame's wait short, and looks of
-   streams started together fall on different frames (`search_phase`). A track only such a look
+   a stream's first look all on its first frame), for 95% of 30 px faces at 45, about 2x each. The
+   pieces keep a frame's wait short, looks of streams started together fall on different frames
+   (`search_phase`), and a worker with more than LOOK_STREAMS streams spaces each one's looks
+   further apart. A track only such a look
    found is not missed by the plain ones in between. A detection continues the
    track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
@@ -47,6 +49,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,10 +75,18 @@ PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
 # Velocities are smoothed: the newest frame's counts this much.
 VELOCITY_SMOOTHING = 0.5
 # Closer looks of streams started together would fall on the same frames and hold up the worker's other
-# streams together: after its first, each tracker's looks are shifted by its own share of search_every_s,
-# the golden ratio's steps spreading any number of trackers evenly.
-SEARCH_PHASES = itertools.count()
+# streams together: after its first, each tracker's looks are shifted by its own share of search_every_s
+# (its serial number's golden-ratio step, which spreads any number of trackers evenly).
+TRACKER_SERIALS = itertools.count()
 GOLDEN = (5 ** 0.5 - 1) / 2
+# Trackers on one recognizer share a worker (a recognizer never runs on two threads at once). Together they
+# take the closer looks of at most LOOK_STREAMS streams: with more streams among the worker's last
+# STREAMS_WINDOW frames, each one's looks come that much further apart, so looking for small faces costs a
+# worker no more as streams are added. (Settled re-embeddings keep their pace: they renew the picture a
+# track is compared with, and spacing them too measured no faster on bench/live.py.)
+LOOK_STREAMS = 2
+STREAMS_WINDOW = 60
+_recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recognizer -> its last frames' trackers
 
 
 def _centre(face: Face) -> NDArray[np.float64]:
@@ -137,7 +149,7 @@ class FaceTracker:
     :param max_gap_s: no motion is predicted over longer gaps between frames.
     :param search_every_s: detect at twice the size this often, for small and tilted faces (0: never).
     :param search_phase: the share (0..1) of search_every_s by which the second closer look comes early
-        (None: each tracker its own, see SEARCH_PHASES).
+        (None: each tracker its own, see TRACKER_SERIALS).
     :param full_rate_fps: the frame rate the timed work is set for (a camera analysed at 5 fps says 5).
     :param reembed_flip: also embed the mirrored chip when re-checking a settled track (2x its cost; the
         recognizer's flip applies to every other embedding).
@@ -172,7 +184,9 @@ class FaceTracker:
         self.recheck_s, self.reembed_s = recheck_s, reembed_s
         self.max_side, self.upsample = max_side, upsample
         self.search_every_s, self.full_rate_fps = search_every_s, full_rate_fps
-        self.search_phase = next(SEARCH_PHASES) * GOLDEN % 1.0 if search_phase is None else search_phase
+        self._serial = next(TRACKER_SERIALS)
+        self.search_phase = self._serial * GOLDEN % 1.0 if search_phase is None else search_phase
+        self._stretch = 1.0  # how much further apart the closer looks come (see LOOK_STREAMS)
         self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
@@ -203,6 +217,7 @@ class FaceTracker:
             self.reset()
             self._shape = frame.shape[:2]
         self._notice_new_head()
+        self._stretch = max(1.0, self._streams_here() / LOOK_STREAMS)
         before = {t.track_id: (_centre(t.face), t.seen) for t in self.tracks}
         self._follow(frame, now)
         looks = self._look(frame)
@@ -323,7 +338,15 @@ class FaceTracker:
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
         since, frames = now - self._last_search, self._frames - self._searched_at
-        return not self._turns and self._waited(since, frames, self.search_every_s)
+        return not self._turns and self._waited(since, frames, self.search_every_s * self._stretch)
+
+    def _streams_here(self) -> int:
+        """How many trackers had frames among the last STREAMS_WINDOW on this tracker's recognizer (this one too)."""
+        recent = _recent.get(self.recognizer)
+        if recent is None:
+            recent = _recent.setdefault(self.recognizer, deque(maxlen=STREAMS_WINDOW))
+        recent.append(self._serial)
+        return len(set(recent))
 
     def _searched(self, now: float) -> None:
         """A closer look was taken now; after the stream's first, the next comes search_phase early."""
@@ -410,7 +433,8 @@ class FaceTracker:
         """Re-embedding by time; a settled track's also waits for frames, an unsettled one's not (its name is due)."""
         if track.evidence.weight < self.settle_evidence:
             return now - track.last_embedded >= self.recheck_s
-        return self._waited(now - track.last_embedded, self._frames - track.embedded_frame, self.reembed_s)
+        since, frames = now - track.last_embedded, self._frames - track.embedded_frame
+        return self._waited(since, frames, self.reembed_s)
 
     def _waited(self, seconds: float, frames: int, interval_s: float) -> bool:
         """Whether timed work is due: interval_s passed, and as many frames as it holds at full_rate_fps."""

@@ -244,37 +244,28 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
     from fakes import fake_recognizer
 
     recognizer = fake_recognizer()
-    looks = []
-    find_faces = recognizer.find_faces
-    recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
-        looks.append(upsample) or find_faces(frame, upsample=upsample, max_side=max_side))
-    frame = np.full((480, 640, 3), 120, np.uint8)
+    frames = [np.full((480, 640, 3), 120, np.uint8)] * 100
     for fps, expected in ((15.0, [0, 45, 90]), (1.0, [0, 45, 90]), (30.0, [0, 90])):
-        looks.clear()
         tracker = FaceTracker(recognizer, search_every_s=3.0, search_phase=0.0)
-        searched = []
-        for i in range(100):
-            before = len(looks)
-            tracker.update(frame, Gallery(dim=128), i / fps)
-            if 1 in looks[before:]:
-                searched.append(i)
-        assert searched == expected, (fps, searched)
+        assert looks_at(recognizer, [tracker], frames, fps) == [expected], fps
 
 
-def looks_at(recognizer, tracker, frames, fps=FPS):
-    """The frame numbers on which the tracker took a closer look (a detection at upsample 1)."""
+def looks_at(recognizer, trackers, frames, fps=FPS):
+    """For each tracker (all on `recognizer`, fed the frames in turn), the frame numbers on which it took a
+    closer look (a detection at upsample 1)."""
     calls = []
     find_faces = recognizer.find_faces
     recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
         calls.append(upsample) or find_faces(frame, upsample=upsample, max_side=max_side))
-    searched = []
+    looked = [[] for _ in trackers]
     for i, frame in enumerate(frames):
-        before = len(calls)
-        tracker.update(frame, Gallery(dim=128), i / fps)
-        if 1 in calls[before:]:
-            searched.append(i)
+        for searched, tracker in zip(looked, trackers):
+            before = len(calls)
+            tracker.update(frame, Gallery(dim=128), i / fps)
+            if 1 in calls[before:]:
+                searched.append(i)
     recognizer.find_faces = find_faces
-    return searched
+    return looked
 
 
 def test_streams_started_together_take_their_closer_looks_on_different_frames():
@@ -282,10 +273,24 @@ def test_streams_started_together_take_their_closer_looks_on_different_frames():
 
     recognizer = fake_recognizer()
     frames = [np.full((480, 640, 3), 120, np.uint8)] * 100
-    second = sorted(looks_at(recognizer, FaceTracker(recognizer), frames)[1] for _ in range(5))
+    second = sorted(looks_at(recognizer, [FaceTracker(recognizer)], frames)[0][1] for _ in range(5))
     # The first look is on the first frame; the next ones come search_phase early, spread over the 45 frames.
     assert all(0 < s <= 45 for s in second) and min(np.diff(second)) >= 4, second
-    assert looks_at(recognizer, FaceTracker(recognizer, search_phase=0.5), frames) == [0, 23, 68]
+    assert looks_at(recognizer, [FaceTracker(recognizer, search_phase=0.5)], frames) == [[0, 23, 68]]
+
+
+def test_a_worker_with_more_streams_spaces_their_closer_looks_further_apart():
+    """Trackers on one recognizer share a worker: past LOOK_STREAMS streams its looks cost it no more."""
+    from fakes import fake_recognizer
+
+    from model.tracking import LOOK_STREAMS
+
+    frames = [np.full((480, 640, 3), 120, np.uint8)] * 200
+    for streams in (LOOK_STREAMS, 2 * LOOK_STREAMS):
+        recognizer = fake_recognizer()
+        trackers = [FaceTracker(recognizer, search_phase=0.0) for _ in range(streams)]
+        gap = 45 * streams // LOOK_STREAMS
+        assert looks_at(recognizer, trackers, frames) == [list(range(0, 200, gap))] * streams, streams
 
 
 class TurningDetector:

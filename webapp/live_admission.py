@@ -32,7 +32,7 @@ COST_TRIM = 0.1
 # A stream's first frames (its first closer look taken whole, its new faces embedded at once) are a one-off:
 # frames of its first NEW_STREAM_S do not count toward the capacity, or streams starting together would
 # read as a full server and slow each other down.
-NEW_STREAM_S = 1.0
+NEW_STREAM_S = 2.0
 # Rates are worked out again this often (seconds), and sent when they change by at least RATE_STEP (a share).
 RATE_EVERY_S = 2.0
 RATE_STEP = 0.1
