@@ -116,8 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "LIVE_SEARCH_EVERY_S", "FACES_LIVE_SEARCH_EVERY_S", 3.0, float,
         "live: this often (and on a stream's first frame) faces are looked for at twice the size, which finds "
-        "small and tilted faces, and with YuNet also turned 45 degrees each way (about 8x one detection's time); "
-        "0: never",
+        "small and tilted faces, and with YuNet also turned 45 degrees each way, a turn on each of the next two "
+        "frames (about 7x one detection's time in all); a worker with more than 2 streams spaces each one's "
+        "looks out in proportion; 0: never",
     ),
     Setting(
         "LIVE_FULL_FACE_PX", "FACES_LIVE_FULL_FACE_PX", 56.0, float,
