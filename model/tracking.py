@@ -46,24 +46,21 @@ Per frame, `FaceTracker.update`:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detect import Face, box_iou, found_rank
+from model.detect import Face, found_rank
 from model.evidence import Evidence, face_weight
 from model.follow import SCENE_SIZE, appearance, follow_face, scene
 from model.gallery import Gallery, Match
 from model.recognizer import TOO_BLURRED, Recognition, Recognizer
+from model.tracks import Track, centre, moved, pair_faces
 
-# Match.reason of a track whose fused embedding names someone on less than name_evidence of weight.
-PENDING = "not enough frames of this face yet"
 # A cell changed when its grey level moved more than this (0..255); the picture changed when this share of
 # the cells outside the tracked people did (a face of 80 pixels covers about 1% of a 640x480 frame), and
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
@@ -87,45 +84,6 @@ GOLDEN = (5 ** 0.5 - 1) / 2
 LOOK_STREAMS = 2
 STREAMS_WINDOW = 60
 _recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recognizer -> its last frames' trackers
-
-
-def _centre(face: Face) -> NDArray[np.float64]:
-    return np.array([(face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2], dtype=np.float64)
-
-
-def _moved(face: Face, shift: NDArray[np.float64]) -> Face:
-    """The face moved by shift (x, y) pixels, box and points alike."""
-    box = np.round(face.box + np.r_[shift, shift]).astype(np.int32)
-    keypoints = None if face.keypoints is None else (face.keypoints + shift).astype(np.float32)
-    return Face(box=box, landmarks=(face.landmarks + shift).astype(np.float32), score=face.score, keypoints=keypoints)
-
-
-@dataclass
-class Track:
-    """One face followed across frames; times are stream seconds."""
-
-    track_id: int
-    face: Face
-    born: float
-    seen: float
-    velocity: NDArray[np.float64] = field(default_factory=lambda: np.zeros(2))  # box centre, pixels per second
-    misses: int = 0
-    doubt: bool = False
-    last_embedded: float = float("-inf")
-    embedded_frame: int = 0  # FaceTracker's frame count at the last embedding
-    looks: NDArray[np.float32] | None = None  # appearance() at the last embedding
-    at_detection: NDArray[np.int32] | None = None  # its box at the last detection
-    found_at: int = 0  # the upsample of the detection that last found it (see FaceTracker search_every_s)
-    evidence: Evidence = field(default_factory=Evidence)
-    match: Match | None = None  # the fused embedding's match; None before the first embedding
-    features: NDArray[np.float32] | None = None  # the last embedding's backbone features, for the inbox
-    embedding: NDArray[np.float32] | None = None
-
-    def decision(self, name_evidence: float) -> Match | None:
-        """The match to report: the fused one, without its name while the evidence is thinner than name_evidence."""
-        if self.match is None or self.match.person_id is None or self.evidence.weight >= name_evidence - 1e-9:
-            return self.match
-        return dataclasses.replace(self.match, person_id=None, reason=PENDING)
 
 
 class FaceTracker:
@@ -218,7 +176,7 @@ class FaceTracker:
             self._shape = frame.shape[:2]
         self._notice_new_head()
         self._stretch = max(1.0, self._streams_here() / LOOK_STREAMS)
-        before = {t.track_id: (_centre(t.face), t.seen) for t in self.tracks}
+        before = {t.track_id: (centre(t.face), t.seen) for t in self.tracks}
         self._follow(frame, now)
         looks = self._look(frame)
         thumbnail = scene(frame)
@@ -288,9 +246,9 @@ class FaceTracker:
             if 0 < dt <= self.max_gap_s and track.velocity.any():
                 size = max(face.width, face.height, 1)
                 shift = np.clip(track.velocity * dt, -size, size)
-                centre = _centre(face) + shift
-                shift += np.clip(centre, 0, [width - 1, height - 1]) - centre  # the centre stays in the frame
-                face = _moved(face, shift)
+                middle = centre(face) + shift
+                shift += np.clip(middle, 0, [width - 1, height - 1]) - middle  # the centre stays in the frame
+                face = moved(face, shift)
             refit = follow_face(self.recognizer.detector, frame, face)
             if refit is None:  # the box left the frame
                 continue
@@ -342,9 +300,7 @@ class FaceTracker:
 
     def _streams_here(self) -> int:
         """How many trackers had frames among the last STREAMS_WINDOW on this tracker's recognizer (this one too)."""
-        recent = _recent.get(self.recognizer)
-        if recent is None:
-            recent = _recent.setdefault(self.recognizer, deque(maxlen=STREAMS_WINDOW))
+        recent = _recent.get(self.recognizer) or _recent.setdefault(self.recognizer, deque(maxlen=STREAMS_WINDOW))
         recent.append(self._serial)
         return len(set(recent))
 
@@ -354,11 +310,10 @@ class FaceTracker:
         self._last_search, self._searched_at = now - early, self._frames - round(early * self.full_rate_fps)
 
     def _detect(self, frame: NDArray[np.uint8], now: float, upsample: int, turn: float | None = None) -> None:
-        """A plain detection (upsample), or a piece of the closer look (upsample + 1): first upright at twice the
-        size, then on each of the next frames the frame turned by one of the detector's `search_tilts` (YuNet:
-        45 degrees each way) at the plain detection's scale, where small, much tilted faces stand upright. In
-        pieces, no frame waits for the whole look (but a stream's first, see update); the tracks none of its
-        pieces found miss it at its last."""
+        """A plain detection (upsample), or a piece of the closer look (upsample + 1): upright at twice the size,
+        then on each next frame turned by one of the detector's `search_tilts` (YuNet: 45 degrees each way) at the
+        plain scale, where small, much tilted faces stand upright (a stream's first look: all at once, see update).
+        Tracks none of the look's pieces found miss it at its last."""
         faces = self._find(frame, upsample, turn)
         self.detections += 1
         closer = upsample > self.upsample
@@ -379,22 +334,8 @@ class FaceTracker:
     def _assign(self, faces: list[Face], now: float, found_at: int, *, turned: bool) -> set[int]:
         """Each face continues the track it overlaps or is near, or starts one; returns the ids of tracks found.
         A turned find replaces a face found earlier in the same closer look only where it stood more upright."""
-        pairs = []
-        for ti, track in enumerate(self.tracks):
-            size = max(track.face.width, track.face.height, 1)
-            for fi, face in enumerate(faces):
-                overlap = box_iou(track.face.box, face.box)
-                if overlap >= self.min_iou:
-                    pairs.append((1.0 + overlap, ti, fi))
-                    continue
-                near = float(np.linalg.norm(_centre(face) - _centre(track.face))) / size
-                if near <= self.max_jump and 0.5 <= max(face.width, face.height) / size <= 2.0:
-                    pairs.append((1.0 - near / (self.max_jump + 1e-9) * 0.999, ti, fi))
-        found, taken_tracks, taken_faces = set(), set(), set()
-        for _, ti, fi in sorted(pairs, reverse=True):
-            if ti in taken_tracks or fi in taken_faces:
-                continue
-            taken_tracks.add(ti)
+        found, taken_faces = set(), set()
+        for ti, fi in pair_faces(self.tracks, faces, self.min_iou, self.max_jump):
             taken_faces.add(fi)
             track, face = self.tracks[ti], faces[fi]
             found.add(track.track_id)
@@ -496,12 +437,12 @@ class FaceTracker:
     def _update_velocity(self, track: Track, before: tuple | None, now: float) -> None:
         if before is None:
             return
-        centre, seen = before
+        was_at, seen = before
         dt = now - seen
         if dt <= 0:
             return
         if dt > self.max_gap_s:  # the stream paused: where the face went says nothing about its speed
             track.velocity = np.zeros(2)
             return
-        measured = (_centre(track.face) - centre) / dt
+        measured = (centre(track.face) - was_at) / dt
         track.velocity = (1 - VELOCITY_SMOOTHING) * track.velocity + VELOCITY_SMOOTHING * measured

@@ -12,7 +12,8 @@ from model.detect import box_iou
 from model.gallery import Gallery
 from model.images import load_image
 from model.follow import follow_face
-from model.tracking import PENDING, FaceTracker
+from model.tracking import FaceTracker
+from model.tracks import PENDING
 
 FPS = 15
 
