@@ -144,7 +144,6 @@ class FaceTracker:
         self.search_every_s, self.full_rate_fps = search_every_s, full_rate_fps
         self._serial = next(TRACKER_SERIALS)
         self.search_phase = self._serial * GOLDEN % 1.0 if search_phase is None else search_phase
-        self._stretch = 1.0  # how much further apart the closer looks come (see LOOK_STREAMS)
         self.min_iou, self.max_jump, self.max_misses, self.change_corr = min_iou, max_jump, max_misses, change_corr
         self.full_face_px, self.name_evidence = full_face_px, name_evidence
         self.settle_evidence, self.evidence_cap = settle_evidence, evidence_cap
@@ -175,7 +174,6 @@ class FaceTracker:
             self.reset()
             self._shape = frame.shape[:2]
         self._notice_new_head()
-        self._stretch = max(1.0, self._streams_here() / LOOK_STREAMS)
         before = {t.track_id: (centre(t.face), t.seen) for t in self.tracks}
         self._follow(frame, now)
         looks = self._look(frame)
@@ -293,14 +291,17 @@ class FaceTracker:
 
     def _search_due(self, now: float) -> bool:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
+        stretch = max(1.0, self._streams_here() / LOOK_STREAMS)  # before any return: every frame is counted
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
         since, frames = now - self._last_search, self._frames - self._searched_at
-        return not self._turns and self._waited(since, frames, self.search_every_s * self._stretch)
+        return not self._turns and self._waited(since, frames, self.search_every_s * stretch)
 
     def _streams_here(self) -> int:
         """How many trackers had frames among the last STREAMS_WINDOW on this tracker's recognizer (this one too)."""
-        recent = _recent.get(self.recognizer) or _recent.setdefault(self.recognizer, deque(maxlen=STREAMS_WINDOW))
+        recent = _recent.get(self.recognizer)
+        if recent is None:
+            recent = _recent[self.recognizer] = deque(maxlen=STREAMS_WINDOW)
         recent.append(self._serial)
         return len(set(recent))
 
@@ -340,10 +341,10 @@ class FaceTracker:
             track, face = self.tracks[ti], faces[fi]
             found.add(track.track_id)
             if self._look_finds is not None:
-                earlier = self._look_finds.get(track.track_id)
-                if turned and earlier is not None and earlier <= found_rank(face):
+                rank, earlier = found_rank(face), self._look_finds.get(track.track_id)
+                if turned and earlier is not None and earlier <= rank:
                     continue
-                self._look_finds[track.track_id] = found_rank(face)
+                self._look_finds[track.track_id] = rank
             track.face, track.misses, track.at_detection = face, 0, face.box.copy()
             track.found_at = found_at
         for fi, face in enumerate(faces):
