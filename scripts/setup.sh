@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(cmake libopenblas-dev liblapack-dev)
+# dlib is built from source: a C++ compiler and make besides cmake (preinstalled on most images; a bare one lacks them).
+APT_PACKAGES=(cmake g++ make libopenblas-dev liblapack-dev)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then
   APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
   # The camera tests: ffmpeg pushes an RTSP stream to a small relay (RTSP::Server, run with perl, no service);
