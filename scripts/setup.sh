@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 # dlib is built from source: a C++ compiler and make besides cmake (preinstalled on most images; a bare one lacks them).
 APT_PACKAGES=(cmake g++ make libopenblas-dev liblapack-dev)
+# Debian's own Python needs its venv module and headers as packages (a pyenv or official build has both).
+case "$(command -v "${PYTHON:-python3}")" in /usr/bin/*) APT_PACKAGES+=(python3-venv python3-dev) ;; esac
 if [ "${WITH_BROWSER:-0}" = 1 ]; then
   APT_PACKAGES+=(chromium chromium-driver fonts-dejavu-core)
   # The camera tests: ffmpeg pushes an RTSP stream to a small relay (RTSP::Server, run with perl, no service);
