@@ -89,3 +89,17 @@ def test_samples_readme_cases(samples_dir):
 def test_missing_file_raises_image_error(tmp_path):
     with pytest.raises(ImageError, match="cannot open"):
         load_image(tmp_path / "nope.jpg")
+
+
+def test_live_frame_jpeg_decodes_to_the_same_pixels_as_pillow():
+    """Upright RGB JPEGs (every live frame) take OpenCV's faster decoder: same pixels, and a cut-off stream is
+    still an error, not a half-grey frame."""
+    rng = np.random.default_rng(0)
+    picture = np.clip(rng.normal(128, 40, (480, 640, 3)), 0, 255).astype(np.uint8)
+    data = encode(Image.fromarray(picture), "JPEG", quality=85)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    decoded = decode_image(data)
+    assert decoded.shape == (480, 640, 3) and decoded.flags.c_contiguous and decoded.flags.writeable
+    assert np.array_equal(decoded, expected)
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2])
