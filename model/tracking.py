@@ -25,8 +25,8 @@ Per frame, `FaceTracker.update`:
    look then turns the frame 45 degrees each way, one turn on each of the next two frames (`_detect`;
    a stream's first look all on its first frame), for 95% of 30 px faces at 45, about 2x each. The
    pieces keep a frame's wait short, looks of streams started together fall on different frames
-   (`search_phase`), and a worker with more than LOOK_STREAMS streams spaces each one's looks
-   further apart. A track only such a look
+   (`search_phase`), and a worker with more than LOOK_STREAMS streams spaces each one's looks (and
+   detections-anyway) further apart. A track only such a look
    found is not missed by the plain ones in between. A detection continues the
    track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
    frames). A track without a detection ends when it is in doubt, else after `max_misses`
@@ -77,10 +77,10 @@ VELOCITY_SMOOTHING = 0.5
 TRACKER_SERIALS = itertools.count()
 GOLDEN = (5 ** 0.5 - 1) / 2
 # Trackers on one recognizer share a worker (a recognizer never runs on two threads at once). Together they
-# take the closer looks of at most LOOK_STREAMS streams: with more streams among the worker's last
-# STREAMS_WINDOW frames, each one's looks come that much further apart, so looking for small faces costs a
-# worker no more as streams are added. (Settled re-embeddings keep their pace: they renew the picture a
-# track is compared with, and spacing them too measured no faster on bench/live.py.)
+# take the closer looks and the detections-anyway (detect_still_s) of at most LOOK_STREAMS streams: with more
+# streams among the worker's last STREAMS_WINDOW frames, each one's come that much further apart, so looking
+# for faces nothing announced costs a worker no more as streams are added. (Detections the picture asks for,
+# and settled re-embeddings, keep their pace: spacing the latter measured no faster on bench/live.py.)
 LOOK_STREAMS = 2
 STREAMS_WINDOW = 60
 _recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recognizer -> its last frames' trackers
@@ -179,9 +179,10 @@ class FaceTracker:
         looks = self._look(frame)
         thumbnail = scene(frame)
         self._frames += 1
-        search = self._search_due(now)
+        stretch = max(1.0, self._streams_here() / LOOK_STREAMS)
+        search = self._search_due(now, stretch)
         turns = [self._turns.pop(0)] if self._turns else []
-        detect = search or self._detection_due(now, thumbnail)
+        detect = search or self._detection_due(now, thumbnail, stretch)
         if detect:
             self._detect(frame, now, self.upsample + 1 if search else self.upsample)
             self._last_detection, self._scene, self._detected_at = now, thumbnail, self._frames
@@ -265,11 +266,11 @@ class FaceTracker:
                 track.doubt = track.looks is not None and float(track.looks @ now_looks) < self.change_corr
         return looks
 
-    def _detection_due(self, now: float, thumbnail: NDArray[np.float32]) -> bool:
+    def _detection_due(self, now: float, thumbnail: NDArray[np.float32], stretch: float) -> bool:
         if self._last_detection is None or any(t.doubt for t in self.tracks):
             return True
         since, frames = now - self._last_detection, self._frames - self._detected_at
-        if self._waited(since, frames, self.detect_still_s):
+        if self._waited(since, frames, self.detect_still_s * stretch):
             return True
         change = self._scene_change(thumbnail)
         return change >= SCENE_JUMP or (self._waited(since, frames, self.detect_every_s) and change >= SCENE_SHARE)
@@ -289,9 +290,8 @@ class FaceTracker:
                 outside[max(0, r0) : max(0, r1), max(0, c0) : max(0, c1)] = False
         return float(changed[outside].mean()) if outside.any() else 0.0
 
-    def _search_due(self, now: float) -> bool:
+    def _search_due(self, now: float, stretch: float) -> bool:
         """Whether this detection looks at twice the size, for small and tilted faces (see search_every_s)."""
-        stretch = max(1.0, self._streams_here() / LOOK_STREAMS)  # before any return: every frame is counted
         if self.search_every_s <= 0 or self._last_search is None:
             return self.search_every_s > 0
         since, frames = now - self._last_search, self._frames - self._searched_at

@@ -251,9 +251,9 @@ def test_closer_looks_cost_no_more_a_frame_when_a_stream_is_slowed():
         assert looks_at(recognizer, [tracker], frames, fps) == [expected], fps
 
 
-def looks_at(recognizer, trackers, frames, fps=FPS):
+def looks_at(recognizer, trackers, frames, fps=FPS, upsample=1):
     """For each tracker (all on `recognizer`, fed the frames in turn), the frame numbers on which it took a
-    closer look (a detection at upsample 1)."""
+    closer look (a detection at upsample 1; 0: a plain detection)."""
     calls = []
     find_faces = recognizer.find_faces
     recognizer.find_faces = lambda frame, upsample=0, max_side=None: (
@@ -263,7 +263,7 @@ def looks_at(recognizer, trackers, frames, fps=FPS):
         for searched, tracker in zip(looked, trackers):
             before = len(calls)
             tracker.update(frame, Gallery(dim=128), i / fps)
-            if 1 in calls[before:]:
+            if upsample in calls[before:]:
                 searched.append(i)
     recognizer.find_faces = find_faces
     return looked
@@ -292,6 +292,24 @@ def test_a_worker_with_more_streams_spaces_their_closer_looks_further_apart():
         trackers = [FaceTracker(recognizer, search_phase=0.0) for _ in range(streams)]
         gap = 45 * streams // LOOK_STREAMS
         assert looks_at(recognizer, trackers, frames) == [list(range(0, 200, gap))] * streams, streams
+
+
+def test_a_worker_with_more_streams_spaces_their_detections_anyway_too():
+    """A still picture is detected on every detect_still_s (15 frames at 15 fps); past LOOK_STREAMS streams on
+    one worker, each stream's come further apart, while a picture that changes is still detected at once."""
+    from fakes import fake_recognizer
+
+    from model.tracking import LOOK_STREAMS
+
+    still = [np.full((480, 640, 3), 120, np.uint8)] * 100
+    for streams in (LOOK_STREAMS, 2 * LOOK_STREAMS):
+        recognizer = fake_recognizer()
+        trackers = [FaceTracker(recognizer, search_every_s=0) for _ in range(streams)]
+        gap = 15 * streams // LOOK_STREAMS
+        assert looks_at(recognizer, trackers, still, upsample=0) == [list(range(0, 100, gap))] * streams, streams
+    changing = still[:20] + [np.full((480, 640, 3), 200, np.uint8)] * 10
+    trackers = [FaceTracker(recognizer, search_every_s=0) for _ in range(2 * LOOK_STREAMS)]
+    assert all(20 in found for found in looks_at(recognizer, trackers, changing, upsample=0))
 
 
 class TurningDetector:
