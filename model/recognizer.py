@@ -28,9 +28,10 @@ DEFAULT_THRESHOLD = 0.932
 DEFAULT_BACKBONE = "dlib-sface"
 # The face detector when none is named: 'yunet' or 'hog' (see model.detect).
 DEFAULT_DETECTOR = "yunet"
-# Faces smaller than this (box side, pixels) are boxed but not recognised: below it the chips are
-# too coarse to tell people apart, so they are never named nor kept in the inbox.
-DEFAULT_MIN_RECOGNISE_PX = 36
+# Faces smaller than this (box side, pixels) are boxed but never named nor kept in the inbox. On CelebA
+# faces pasted at 30-80 px (README, "Faces too small to recognise"), boxes of 30-36 px were named as often
+# as 36-42 px ones with no more strangers named; under 30 px fewer were named in galleries of 50 people.
+DEFAULT_MIN_RECOGNISE_PX = 30
 TOO_SMALL = "too small to recognise"
 TOO_BLURRED = "too blurred to recognise"
 # Enrollment photos: faces smaller than this (box side, pixels) are refused.

@@ -64,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cosine similarity needed to name a face (default: the head's own, else model.recognizer.DEFAULT_THRESHOLD)",
     ),
     Setting(
-        "MIN_RECOGNISE_PX", "FACES_MIN_RECOGNISE_PX", 36, int,
+        "MIN_RECOGNISE_PX", "FACES_MIN_RECOGNISE_PX", 30, int,
         "faces smaller than this (box side, pixels) are boxed as 'too small to recognise', never named",
     ),
     Setting(
