@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wild import FACES_DIR, background, box_iou, face_cut, paste, read_rgb  # noqa: E402
+from wild import FACES_DIR, background, box_iou, face_cut, paste_face, read_rgb  # noqa: E402
 
 from model.gallery import templates  # noqa: E402
 from model.head import EMBEDDING_DIM  # noqa: E402
@@ -71,9 +71,7 @@ def person_rows(task: tuple[int, str, tuple[int, ...], int]) -> list[tuple[int, 
             cut = face_cut(portrait, size, 0.0)
             side = cut.shape[0]
             left, top = ((PIECE - side) // 2 + int(rng.integers(-20, 21)) for _ in range(2))
-            paste(frame, cut, left, top)
-            middle_x, middle_y = left + side / 2, top + side / 2
-            truth = [middle_x - size / 2, middle_y - size / 2, middle_x + size / 2, middle_y + size / 2]
+            truth = paste_face(frame, cut, left, top, size)
             found = [f for f in _recognizer.find_faces(frame, upsample=1) if box_iou(f.box, truth) >= 0.3]
             if not found:
                 rows.append((label, "probe", size, 0.0, None))

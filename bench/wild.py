@@ -157,6 +157,13 @@ def paste(frame: np.ndarray, cut: np.ndarray, left: int, top: int) -> None:
     frame[top : top + side, left : left + side] = (alpha * cut + (1 - alpha) * region).round().astype(np.uint8)
 
 
+def paste_face(frame: np.ndarray, cut: np.ndarray, left: int, top: int, size: int) -> list[int]:
+    """Paste a face_cut of a `size` px face at (left, top); returns the face's S x S truth box."""
+    paste(frame, cut, left, top)
+    cx, cy = left + cut.shape[0] / 2, top + cut.shape[0] / 2
+    return [int(round(cx - size / 2)), int(round(cy - size / 2)), int(round(cx + size / 2)), int(round(cy + size / 2))]
+
+
 @dataclass
 class Probe:
     size: int
@@ -176,9 +183,7 @@ def make_probe(size: int, tilt: int, identity: str, photo: Path, enrolled: bool,
     side = cut.shape[0]
     left = int(rng.integers(0, FRAME_W - side + 1))
     top = int(rng.integers(0, FRAME_H - side + 1))
-    paste(frame, cut, left, top)
-    cx, cy = left + side / 2, top + side / 2
-    truth = [int(round(cx - size / 2)), int(round(cy - size / 2)), int(round(cx + size / 2)), int(round(cy + size / 2))]
+    truth = paste_face(frame, cut, left, top, size)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     assert ok
     return Probe(size, tilt, identity, photo.name, enrolled, truth, jpeg.tobytes())
