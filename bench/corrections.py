@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.gallery import Gallery, OpenSetRule  # noqa: E402
+from model.gallery import Gallery  # noqa: E402
+from model.open_set import OpenSetRule  # noqa: E402
 from model.head import load_head  # noqa: E402
 from model.recognizer import Recognizer  # noqa: E402
 from model.training.datasets import dataset_features  # noqa: E402

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model import gallery_index
+from model.open_set import OpenSetRule
 
 
 @dataclass(frozen=True)
@@ -40,31 +41,6 @@ class Match:
     candidate_id: int | None = None
     reason: str | None = None
     corrected_id: int | None = None
-
-
-@dataclass(frozen=True)
-class OpenSetRule:
-    """How similar a probe must be to a person's template to get their name, so that about the same
-    share of strangers is named whatever the gallery's size: a stranger has more chances to look like
-    someone the more people are enrolled, and a template of few photos sits closer to everyone.
-
-    threshold = base[k - 1] for a person with k photos (the last entry for more), plus
-    per_log_people * ln(number of people enrolled). Calibrated per head (its sidecar's "open_set").
-    """
-
-    base: tuple[float, ...]
-    per_log_people: float
-
-    @classmethod
-    def from_info(cls, info: dict) -> "OpenSetRule":
-        return cls(tuple(float(v) for v in info["base"]), float(info["per_log_people"]))
-
-    def thresholds(self, photo_counts: NDArray[np.int64], people: int | None = None) -> NDArray[np.float64]:
-        """One threshold per given person's photo count; `people` enrolled in all (default: len(photo_counts))."""
-        base = np.asarray(self.base, dtype=np.float64)
-        index = np.clip(np.asarray(photo_counts) - 1, 0, len(base) - 1)
-        people = len(photo_counts) if people is None else people
-        return base[index] + self.per_log_people * np.log(max(1, people))
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from numpy.typing import NDArray
 
 from model.backbones import Backbone, get_backbone
 from model.detect import Face, FaceDetector, face_nearest_centre, get_detector
-from model.gallery import Gallery, Match, OpenSetRule
+from model.gallery import Gallery, Match
 from model.head import Head, load_head
+from model.open_set import OpenSetRule
 from model.quality import MIN_DETAIL, face_detail
 
 # Cosine similarity at which dlib-resnet (identity head, flip averaging on)

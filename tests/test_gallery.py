@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.gallery import Corrections, Gallery, OpenSetRule, match, templates
+from model.gallery import Corrections, Gallery, match, templates
+from model.open_set import OpenSetRule
 
 
 def unit(*values: float) -> np.ndarray:

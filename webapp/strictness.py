@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.gallery import OpenSetRule, templates
+from model.gallery import templates
+from model.open_set import OpenSetRule
 from model.recognizer import stricter
 from webapp.db import from_blob, transaction
 

@@ -116,7 +116,8 @@ def nearest_openset(enrolled: NDArray[np.float32], enrolled_labels: NDArray[np.i
 
     :param enrolled: float32 [E, 128] unit embeddings of the enrolled photos, enrolled_labels [E] their people.
     """
-    from model.gallery import OpenSetRule, templates
+    from model.gallery import templates
+    from model.open_set import OpenSetRule
 
     ids, centres, counts = templates(enrolled, enrolled_labels)
     limits = rule.thresholds(counts) if isinstance(rule, OpenSetRule) else np.full(len(ids), float(rule))

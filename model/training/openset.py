@@ -7,8 +7,10 @@
 `calibrate` simulates galleries of 1 to 200 people with k = 1, 2, 3 or 5 photos each
 (strangers are people never enrolled) and sets `OpenSetRule` so that at most
 `--fpir` of strangers' photos get a name at every size: the threshold for a
-person with k photos is base[k] + per_log_people * ln(people). It prints the
-rule as JSON (last line), for a head's sidecar ("open_set").
+person with k photos is base[k] (simulated with one person enrolled) plus what
+each simulated size adds (people_offsets; in between, straight in ln(people);
+past 200, the steepest straight line fitted over all sizes). It prints the rule as JSON (last
+line), for a head's sidecar ("open_set").
 
 `fused-head` builds the head that dlib-sface starts from: the top 128
 principal directions of the fused features (98% of their variance on CelebA),
@@ -27,11 +29,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.backbones import FusedBackbone, l2_normalise
-from model.gallery import OpenSetRule, templates
+from model.gallery import templates
+from model.open_set import OpenSetRule
 from model.head import SHIPPED_HEADS_DIR, Head, save_head
 from model.training import metrics
 
-GALLERY_SIZES = (1, 3, 10, 50, 200)
+GALLERY_SIZES = (1, 3, 10, 50, 200)  # reported
+CALIBRATION_SIZES = (1, 2, 3, 5, 10, 20, 50, 100, 200)
 PHOTOS_PER_PERSON = (1, 2, 3, 5)
 DRAWS = 300
 PROBES_PER_DRAW = 600
@@ -64,16 +68,20 @@ def stranger_thresholds(embeddings: NDArray[np.float32], labels: NDArray[np.int6
 
 def calibrate(embeddings: NDArray[np.float32], labels: NDArray[np.int64], fpir: float = 0.01) -> tuple[OpenSetRule, dict]:
     """The rule, and the simulated thresholds it was fitted to ({k: {people: threshold}})."""
-    table = {k: {n: stranger_thresholds(embeddings, labels, n, k, fpir) for n in GALLERY_SIZES}
+    table = {k: {n: stranger_thresholds(embeddings, labels, n, k, fpir) for n in CALIBRATION_SIZES}
              for k in PHOTOS_PER_PERSON}
-    logs = np.log(np.array(GALLERY_SIZES, dtype=np.float64))
-    slopes = [np.polyfit(logs, [table[k][n] for n in GALLERY_SIZES], 1)[0] for k in PHOTOS_PER_PERSON]
-    slope = float(max(slopes))
-    # The upper envelope: at every simulated size the rule is at least the measured threshold.
-    base = {k: float(max(table[k][n] - slope * np.log(n) for n in GALLERY_SIZES)) for k in PHOTOS_PER_PERSON}
+    base = {k: table[k][1] for k in PHOTOS_PER_PERSON}
+    # What each size adds for k photos, never less than for fewer people.
+    rows = {k: np.maximum.accumulate([table[k][n] - base[k] for n in CALIBRATION_SIZES]) for k in PHOTOS_PER_PERSON}
+    # Past the largest size: the steepest of the straight lines fitted in ln(people) over all sizes. Not the
+    # last stretch's: with 200 of CelebA's 298 people enrolled, the few people left as strangers make it steep.
+    logs = np.log(np.array(CALIBRATION_SIZES, dtype=np.float64))
+    slope = max(np.polyfit(logs, [table[k][n] for n in CALIBRATION_SIZES], 1)[0] for k in PHOTOS_PER_PERSON)
     # k = 4 photos sits between 3 and 5; the last entry serves 5 and more.
     bases = (base[1], base[2], base[3], (base[3] + base[5]) / 2, base[5])
-    return OpenSetRule(tuple(round(b, 4) for b in bases), round(slope, 4)), table
+    offsets = (rows[1], rows[2], rows[3], (rows[3] + rows[5]) / 2, rows[5])
+    return OpenSetRule(tuple(round(float(b), 4) for b in bases), round(float(max(slope, 0.0)), 4), CALIBRATION_SIZES,
+                       tuple(tuple(round(float(v), 4) for v in row) for row in offsets)), table
 
 
 def simulate_rule(embeddings: NDArray[np.float32], labels: NDArray[np.int64], rule: OpenSetRule | float,
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     rule, table = calibrate(embeddings, labels, args.fpir)
     print(json.dumps({str(k): {str(n): round(t, 4) for n, t in row.items()} for k, row in table.items()}),
           file=sys.stderr)
-    result = {"open_set": {"base": list(rule.base), "per_log_people": rule.per_log_people, "fpir": args.fpir},
+    result = {"open_set": {**rule.info(), "fpir": args.fpir},
               "photos": int(len(labels)), "people": int(len(np.unique(labels)))}
     if args.command == "fused-head":
         head.info.update(result, source=str(args.images), detector=args.detector)

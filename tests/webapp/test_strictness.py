@@ -9,7 +9,7 @@ import pytest
 from web_helpers import ENROLLED, STRANGER, enroll_json, log_in, prepare_data_dir
 
 from fakes import fake_recognizer
-from model.gallery import OpenSetRule
+from model.open_set import OpenSetRule
 from webapp import create_app, strictness
 
 pytestmark = pytest.mark.both_engines  # store behaviour on SQLite and PostgreSQL

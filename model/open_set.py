@@ -1,0 +1,58 @@
+"""The open-set rule: how similar a face must be to a person's template to get their name.
+
+A stranger has more chances to look like someone the more people are enrolled, and
+the spread of a template's similarities depends on how many photos it averages; so
+the threshold depends on both, and about the same share of strangers is named whatever
+the gallery's size. Calibrated per head by simulation (model.training.openset) and
+stored in its sidecar ("open_set").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class OpenSetRule:
+    """threshold = base[k - 1] for a person with k photos (the last entry for more), plus what the number
+    of people enrolled adds. Calibrated per size (`sizes`, increasing from 1), row k - 1 of `offsets` holds
+    what each size adds for k photos, straight between sizes in ln(people), and past the last size
+    per_log_people more per unit of ln(people). Without sizes (older heads): per_log_people * ln(people).
+    """
+
+    base: tuple[float, ...]
+    per_log_people: float
+    sizes: tuple[int, ...] = ()
+    offsets: tuple[tuple[float, ...], ...] = ()
+
+    @classmethod
+    def from_info(cls, info: dict) -> "OpenSetRule":
+        by_size = info.get("people_offsets", {})
+        return cls(tuple(float(v) for v in info["base"]), float(info["per_log_people"]),
+                   tuple(int(n) for n in by_size.get("people", ())),
+                   tuple(tuple(float(v) for v in row) for row in by_size.get("by_photos", ())))
+
+    def info(self) -> dict:
+        """The sidecar's form (`from_info` reads it back)."""
+        found: dict = {"base": list(self.base), "per_log_people": self.per_log_people}
+        if self.sizes:
+            found["people_offsets"] = {"people": list(self.sizes), "by_photos": [list(row) for row in self.offsets]}
+        return found
+
+    def people_offsets(self, people: int) -> NDArray[np.float64]:
+        """What `people` enrolled add to the threshold, per entry of `base`."""
+        log_people = float(np.log(max(1, people)))
+        if not self.sizes:
+            return np.full(len(self.base), self.per_log_people * log_people)
+        logs = np.log(self.sizes)
+        past = max(0.0, log_people - logs[-1]) * self.per_log_people
+        return np.array([np.interp(log_people, logs, row) for row in self.offsets]) + past
+
+    def thresholds(self, photo_counts: NDArray[np.int64], people: int | None = None) -> NDArray[np.float64]:
+        """One threshold per given person's photo count; `people` enrolled in all (default: len(photo_counts))."""
+        index = np.clip(np.asarray(photo_counts) - 1, 0, len(self.base) - 1)
+        people = len(photo_counts) if people is None else people
+        return (np.asarray(self.base, dtype=np.float64) + self.people_offsets(people))[index]
