@@ -118,7 +118,7 @@ class Recognizer:
     @property
     def rule(self) -> float | OpenSetRule:
         """What a match must clear: a fixed threshold when one was given (FACES_THRESHOLD), else the
-        head's open-set rule (stricter as the gallery grows, see model.gallery.OpenSetRule) when it has
+        head's open-set rule (stricter as the gallery grows, see model.open_set.OpenSetRule) when it has
         one, else the head's or the default threshold; either raised by `strictness` unless fixed."""
         if self._threshold is not None:
             return self._threshold
