@@ -78,11 +78,14 @@ def test_turned_back_faces_land_on_the_face_with_its_points(detector, celeba_dir
     assert np.all((turned.landmarks >= truth[:2]) & (turned.landmarks <= truth[2:]))
 
 
-def test_big_faces_are_left_to_the_upright_detection(detector, celeba_dir):
-    frame = np.full((480, 640, 3), 90, np.uint8)
-    frame[100:350, 200:450] = portrait(celeba_dir, "celeb_7201")  # a 107-px face, over a quarter of 480
-    assert detector.detect_turned(frame, (30,)) == []
-    assert len(detector.detect_turned(frame, (30,), largest=0.5)) == 1
+def test_faces_up_to_0_4_of_the_frame_are_found_on_turned_copies_and_bigger_ones_left_upright(detector, celeba_dir):
+    photo = portrait(celeba_dir, "celeb_7201")
+    frame, truth = tilted_frame(photo, 150, 45)  # 150 px: over the old limit of a quarter of 480, under 0.4
+    assert boxed([f.box for f in detector.detect_turned(frame, (-45,))], truth)
+    assert detector.detect_turned(frame, (-45,), largest=0.25) == []
+    big, truth = tilted_frame(photo, 230, 45, at=(150, 80))
+    assert detector.detect_turned(big, (-45,)) == []
+    assert boxed([f.box for f in detector.detect_turned(big, (-45,), largest=1.0)], truth)
 
 
 def test_empty_frames_give_no_faces(detector):
