@@ -8,9 +8,9 @@
 (strangers are people never enrolled) and sets `OpenSetRule` so that at most
 `--fpir` of strangers' photos get a name at every size: the threshold for a
 person with k photos is base[k] (simulated with one person enrolled) plus what
-each simulated size adds (people_offsets; in between, straight in ln(people);
-past 200, the steepest straight line fitted over all sizes). It prints the rule as JSON (last
-line), for a head's sidecar ("open_set").
+each simulated size adds for k photos (in between, straight in ln(people); past
+200, the steepest straight line fitted over all sizes). It prints the rule as
+JSON (last line), for a head's sidecar ("open_set").
 
 `fused-head` builds the head that dlib-sface starts from: the top 128
 principal directions of the fused features (98% of their variance on CelebA),
@@ -30,8 +30,8 @@ from numpy.typing import NDArray
 
 from model.backbones import FusedBackbone, l2_normalise
 from model.gallery import templates
-from model.open_set import OpenSetRule
 from model.head import SHIPPED_HEADS_DIR, Head, save_head
+from model.open_set import OpenSetRule
 from model.training import metrics
 
 GALLERY_SIZES = (1, 3, 10, 50, 200)  # reported
