@@ -70,18 +70,16 @@ def calibrate(embeddings: NDArray[np.float32], labels: NDArray[np.int64], fpir: 
     """The rule, and the simulated thresholds it was fitted to ({k: {people: threshold}})."""
     table = {k: {n: stranger_thresholds(embeddings, labels, n, k, fpir) for n in CALIBRATION_SIZES}
              for k in PHOTOS_PER_PERSON}
-    base = {k: table[k][1] for k in PHOTOS_PER_PERSON}
-    # What each size adds for k photos, never less than for fewer people.
-    rows = {k: np.maximum.accumulate([table[k][n] - base[k] for n in CALIBRATION_SIZES]) for k in PHOTOS_PER_PERSON}
+    measured = {k: np.array([table[k][n] for n in CALIBRATION_SIZES]) for k in PHOTOS_PER_PERSON}
+    # k = 4 photos sits between 3 and 5; the last entry serves 5 and more.
+    rows = [measured[1], measured[2], measured[3], (measured[3] + measured[5]) / 2, measured[5]]
     # Past the largest size: the steepest of the straight lines fitted in ln(people) over all sizes. Not the
     # last stretch's: with 200 of CelebA's 298 people enrolled, the few people left as strangers make it steep.
-    logs = np.log(np.array(CALIBRATION_SIZES, dtype=np.float64))
-    slope = max(np.polyfit(logs, [table[k][n] for n in CALIBRATION_SIZES], 1)[0] for k in PHOTOS_PER_PERSON)
-    # k = 4 photos sits between 3 and 5; the last entry serves 5 and more.
-    bases = (base[1], base[2], base[3], (base[3] + base[5]) / 2, base[5])
-    offsets = (rows[1], rows[2], rows[3], (rows[3] + rows[5]) / 2, rows[5])
-    return OpenSetRule(tuple(round(float(b), 4) for b in bases), round(float(max(slope, 0.0)), 4), CALIBRATION_SIZES,
-                       tuple(tuple(round(float(v), 4) for v in row) for row in offsets)), table
+    slope = max(np.polyfit(np.log(CALIBRATION_SIZES), row, 1)[0] for row in measured.values())
+    # base: one person enrolled; offsets: what each size adds, never less than for fewer people.
+    return OpenSetRule(tuple(round(float(row[0]), 4) for row in rows), round(float(max(slope, 0.0)), 4),
+                       CALIBRATION_SIZES,
+                       tuple(tuple(round(float(v), 4) for v in np.maximum.accumulate(row - row[0])) for row in rows)), table
 
 
 def simulate_rule(embeddings: NDArray[np.float32], labels: NDArray[np.int64], rule: OpenSetRule | float,
