@@ -127,7 +127,7 @@ class _Decider:
         self.depth = 2 + corrected
         # What each person's template must reach, worked out once for every probe of this match.
         if isinstance(threshold, OpenSetRule):
-            self.limits = threshold.thresholds(counts)
+            self.limits = threshold.thresholds(counts, templates=centres)
         else:
             self.limits = np.full(len(people), float(threshold))
 

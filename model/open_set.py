@@ -3,8 +3,12 @@
 A stranger has more chances to look like someone the more people are enrolled, and
 the spread of a template's similarities depends on how many photos it averages; so
 the threshold depends on both, and about the same share of strangers is named whatever
-the gallery's size. Calibrated per head by simulation (model.training.openset) and
-stored in its sidecar ("open_set").
+the gallery's size. Some templates sit nearer the crowd of all faces than others and
+draw far more strangers than their share; so each person's threshold also rises with
+how like the population's mean face their template is (the mean of strangers'
+embeddings, a summary kept with the head, so this works with one person enrolled).
+Calibrated per head by simulation (model.training.openset) and stored in its sidecar
+("open_set").
 """
 
 from __future__ import annotations
@@ -21,26 +25,41 @@ class OpenSetRule:
     of people enrolled adds. Calibrated per size (`sizes`, increasing from 1), row k - 1 of `offsets` holds
     what each size adds for k photos, straight between sizes in ln(people), and past the last size
     per_log_people more per unit of ln(people). Without sizes (older heads): per_log_people * ln(people).
+    With a population mean m, a template t adds population_weight * (t . m - m . m): the threshold rises for
+    templates that look like everybody. Without one (older heads) nothing is added.
     """
 
     base: tuple[float, ...]
     per_log_people: float
     sizes: tuple[int, ...] = ()
     offsets: tuple[tuple[float, ...], ...] = ()
+    population: tuple[float, ...] = ()
+    population_weight: float = 0.0
 
     @classmethod
     def from_info(cls, info: dict) -> "OpenSetRule":
         by_size = info.get("people_offsets", {})
+        population = info.get("population", {})
         return cls(tuple(float(v) for v in info["base"]), float(info["per_log_people"]),
                    tuple(int(n) for n in by_size.get("people", ())),
-                   tuple(tuple(float(v) for v in row) for row in by_size.get("by_photos", ())))
+                   tuple(tuple(float(v) for v in row) for row in by_size.get("by_photos", ())),
+                   tuple(float(v) for v in population.get("mean", ())), float(population.get("weight", 0.0)))
 
     def info(self) -> dict:
         """The sidecar's form (`from_info` reads it back)."""
         found: dict = {"base": list(self.base), "per_log_people": self.per_log_people}
         if self.sizes:
             found["people_offsets"] = {"people": list(self.sizes), "by_photos": [list(row) for row in self.offsets]}
+        if self.population:
+            found["population"] = {"weight": self.population_weight, "mean": list(self.population)}
         return found
+
+    def crowd_offsets(self, templates: NDArray[np.floating] | None) -> NDArray[np.float64] | float:
+        """What each template [P, D] adds for looking like the population's mean face (0 without templates)."""
+        if not self.population or not self.population_weight or templates is None:
+            return 0.0
+        mean = np.asarray(self.population, dtype=np.float64)
+        return self.population_weight * (np.asarray(templates, dtype=np.float64) @ mean - mean @ mean)
 
     def people_offsets(self, people: int) -> NDArray[np.float64]:
         """What `people` enrolled add to the threshold, per entry of `base`."""
@@ -51,8 +70,11 @@ class OpenSetRule:
         past = max(0.0, log_people - logs[-1]) * self.per_log_people
         return np.array([np.interp(log_people, logs, row) for row in self.offsets]) + past
 
-    def thresholds(self, photo_counts: NDArray[np.int64], people: int | None = None) -> NDArray[np.float64]:
-        """One threshold per given person's photo count; `people` enrolled in all (default: len(photo_counts))."""
+    def thresholds(self, photo_counts: NDArray[np.int64], people: int | None = None,
+                   templates: NDArray[np.floating] | None = None) -> NDArray[np.float64]:
+        """One threshold per given person's photo count and template (rows of `templates`, unit vectors);
+        `people` enrolled in all (default: len(photo_counts)). Without templates, those of a typical face."""
         index = np.clip(np.asarray(photo_counts) - 1, 0, len(self.base) - 1)
         people = len(photo_counts) if people is None else people
-        return (np.asarray(self.base, dtype=np.float64) + self.people_offsets(people))[index]
+        by_count = (np.asarray(self.base, dtype=np.float64) + self.people_offsets(people))[index]
+        return by_count + self.crowd_offsets(templates)

@@ -49,3 +49,46 @@ def test_calibration_holds_strangers_to_the_target_at_every_size(monkeypatch):
         # Calibrated on other draws.
         assert found["fpir"] <= 0.035, (people, found)
         assert found["dir"] > 0.5, (people, found)
+
+
+def test_a_template_like_the_population_mean_face_must_reach_more():
+    mean = np.array([0.6, 0.0, 0.0])
+    rule = OpenSetRule(base=(0.7,), per_log_people=0.0, population=tuple(mean), population_weight=0.5)
+    crowd_like, apart = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    got = rule.thresholds(np.array([1, 1]), templates=np.stack([crowd_like, apart]))
+    assert got == pytest.approx([0.7 + 0.5 * (0.6 - 0.36), 0.7 + 0.5 * (0.0 - 0.36)])
+    assert rule.thresholds(np.array([1])) == pytest.approx([0.7])  # no template: a typical face's
+    assert OpenSetRule.from_info(rule.info()) == rule
+    assert OpenSetRule(base=(0.7,), per_log_people=0.0).thresholds(np.array([1]), templates=apart[None]) == [0.7]
+
+
+def hub_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """People sharing one common face direction to different degrees: those with most of it draw strangers."""
+    rng = np.random.default_rng(seed)
+    people, photos, dim = 120, 6, 16
+    loading = rng.uniform(0.5, 2.5, size=people)
+    centres = rng.normal(size=(people, dim))
+    centres[:, 0] = loading * 3
+    rows = np.repeat(centres, photos, axis=0) + 1.0 * rng.normal(size=(people * photos, dim))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows.astype(np.float32), np.repeat(np.arange(people), photos), loading
+
+
+def test_the_population_term_evens_out_how_often_each_person_is_given_to_strangers(monkeypatch):
+    from model.gallery import templates
+
+    monkeypatch.setattr(openset, "DRAWS", 40)
+    monkeypatch.setattr(openset, "PROBES_PER_DRAW", 200)
+    monkeypatch.setattr(openset, "CALIBRATION_SIZES", (1, 3))
+    embeddings, labels, loading = hub_data(seed=1)
+    worst = {}
+    for weight in (0.0, 1.0):
+        rule, _ = openset.calibrate(embeddings, labels, fpir=0.02, population_weight=weight)
+        assert np.asarray(rule.population) == pytest.approx(embeddings.mean(axis=0), abs=1e-4) or weight == 0
+        enrolled = np.concatenate([np.flatnonzero(labels == p)[:3] for p in np.unique(labels)])
+        ids, centres, counts = templates(embeddings[enrolled], labels[enrolled])
+        limits = rule.thresholds(counts, people=1, templates=centres)
+        # Each person alone in the gallery: the share of everyone else's photos given their name.
+        shares = [((embeddings[labels != p] @ centres[i]) >= limits[i]).mean() for i, p in enumerate(ids)]
+        worst[weight] = float(np.max(shares))
+    assert worst[1.0] < 0.7 * worst[0.0], worst

@@ -82,10 +82,12 @@ def store(db: sqlite3.Connection, value: float) -> None:
 # --- what a choice would do -------------------------------------------------------------
 
 
-def limits(rule: float | OpenSetRule, counts: NDArray[np.int64], people: int) -> NDArray[np.float64]:
-    """The similarity each person with counts[i] photos must reach, in a gallery of `people` people."""
+def limits(rule: float | OpenSetRule, counts: NDArray[np.int64], people: int,
+           centres: NDArray[np.floating] | None = None) -> NDArray[np.float64]:
+    """The similarity each person with counts[i] photos and template centres[i] (if given) must reach, in a
+    gallery of `people` people."""
     if isinstance(rule, OpenSetRule):
-        return rule.thresholds(counts, people)
+        return rule.thresholds(counts, people, centres)
     return np.full(len(counts), float(rule))
 
 
@@ -148,14 +150,15 @@ def _left_one_out(vectors, scores: _Scores, rule):
     keep = scores.counts[scores.column] >= 2
     v, col = vectors[keep].astype(np.float64), scores.column[keep]
     own_sum = scores.sums[col] - v
-    own_sim = np.einsum("ij,ij->i", own_sum, v) / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12)
-    own_limit = limits(rule, scores.counts[col] - 1, people)
+    own_centre = own_sum / np.maximum(np.linalg.norm(own_sum, axis=1), 1e-12)[:, None]
+    own_sim = np.einsum("ij,ij->i", own_centre, v)
+    own_limit = limits(rule, scores.counts[col] - 1, people, own_centre)
     if people < 2:
         return own_sim, own_limit, np.full(len(v), -np.inf), np.full(len(v), np.inf)
     sims = scores.sims[keep].copy()
     sims[np.arange(len(v)), col] = -np.inf
     rival = sims.argmax(axis=1)
-    return own_sim, own_limit, sims[np.arange(len(v)), rival], limits(rule, scores.counts, people)[rival]
+    return own_sim, own_limit, sims[np.arange(len(v)), rival], limits(rule, scores.counts, people, scores.centres)[rival]
 
 
 def _left_person_out(scores: _Scores, rule):
@@ -167,7 +170,7 @@ def _left_person_out(scores: _Scores, rule):
     rows = np.arange(len(sims))
     sims[rows, scores.column] = -np.inf
     best = sims.argmax(axis=1)
-    return sims[rows, best], limits(rule, scores.counts, people - 1)[best]
+    return sims[rows, best], limits(rule, scores.counts, people - 1, scores.centres)[best]
 
 
 def _inbox(strangers, scores: _Scores, rule):
@@ -177,7 +180,7 @@ def _inbox(strangers, scores: _Scores, rule):
         return np.zeros(0), np.zeros(0)
     sims = strangers @ scores.centres.T
     best = sims.argmax(axis=1)
-    return sims[np.arange(len(strangers)), best], limits(rule, scores.counts, people)[best]
+    return sims[np.arange(len(strangers)), best], limits(rule, scores.counts, people, scores.centres)[best]
 
 
 # --- how well each person is enrolled ----------------------------------------------------
@@ -200,7 +203,7 @@ def enrollments(vectors, person_ids, poses: dict[int, list[str]], rule, offset: 
     """Per person (in id order): photo count, recorded poses, nearest other person and a hint when more photos
     would help. poses: person id -> the poses of their photos (None where not recorded)."""
     people, centres, counts = templates(vectors, person_ids)
-    own = limits(stricter(rule, offset), counts, len(people))
+    own = limits(stricter(rule, offset), counts, len(people), centres)
     sims = centres @ centres.T
     np.fill_diagonal(sims, -np.inf)
     found = []
