@@ -94,7 +94,7 @@ def judge(labels, kinds, sides, embeddings, rule, galleries, draws: int, seed: i
             chosen = rng.choice(people, size=min(n, len(people) - 10), replace=False)
             rows = np.flatnonzero((kinds == "enrolled") & np.isin(labels, chosen))
             ids, centres, _ = templates(embeddings[rows], labels[rows])
-            limits = rule.thresholds(np.array([(labels[rows] == i).sum() for i in ids]), len(ids))
+            limits = rule.thresholds(np.array([(labels[rows] == i).sum() for i in ids]), len(ids), centres)
             member = np.isin(labels, chosen)
             strangers = np.flatnonzero(boxed & ~member)
             strangers = rng.choice(strangers, size=min(STRANGERS_PER_DRAW, len(strangers)), replace=False)
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=int, default=150, help="random galleries a size")
     parser.add_argument("--people", type=int, default=0, help="only the first N people (0: all)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--save", type=Path, help="also write the rows (labels, kinds, sizes, sides, embeddings) here, .npz")
     args = parser.parse_args(argv)
     sizes = tuple(int(v) for v in args.sizes.split(","))
     galleries = [int(v) for v in args.galleries.split(",")]
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     pasted = np.array([r[2] for r in rows])
     sides = np.array([r[3] for r in rows])
     embeddings = np.stack([r[4] if r[4] is not None else np.zeros(EMBEDDING_DIM, np.float32) for r in rows])
+    if args.save:
+        np.savez(args.save, labels=labels, kinds=kinds, sizes=pasted, sides=sides, embeddings=embeddings)
     counts = judge(labels, kinds, sides, embeddings, _recognizer.rule, galleries, args.draws)
 
     def share(a, b):
