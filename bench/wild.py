@@ -2,7 +2,7 @@
 
     python bench/wild.py [--people 20] [--enroll 3] [--strangers 40] [--sizes 30,40,56,80,120]
                          [--tilts 0,30,45] [--frames 3] [--gap 0.25] [--parallel 4] [--seed 0]
-                         [--max-seconds 600]
+                         [--max-seconds 600] [--strictness 0]
 
 Starts `python server.py` on a free loopback port with a fresh temporary data
 dir and a random FACES_ADMIN_PASSWORD (every other environment variable,
@@ -11,7 +11,8 @@ backbones can be compared), waits until /api/status says the model is ready,
 logs in and enrolls --people CelebA people (chosen by --seed among those with
 at least --enroll + 3 photos) with their first --enroll photos each, through
 POST /api/people and POST /api/people/<id>/photos. A rejected photo is
-replaced by the person's next one.
+replaced by the person's next one. A --strictness other than 0 is then
+applied as a user would (PUT /api/strictness: every threshold raised by it).
 
 Probe faces. For every condition (face width S in --sizes x tilt A in --tilts)
 each enrolled person gives one probe from a photo that was not enrolled, and
@@ -51,7 +52,7 @@ Prints a table per condition (size x tilt): share of probe faces boxed
 wrong, of strangers' faces given a name, false boxes per frame, and the best
 similarity answered for boxed faces (members' median, strangers' highest;
 compare with the threshold). The last line is JSON: settings (detector,
-backbone, threshold, people, enroll, strangers, frames, gap_s, parallel, seed,
+backbone, threshold, strictness, people, enroll, strangers, frames, gap_s, parallel, seed,
 sizes, tilts),
 `conditions` (one entry each with counts and shares), `summary` (boxed_at_30px
 and named_right_at_40px_and_more pooled over tilts, strangers_named_max over
@@ -515,6 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=600, help="stop streaming after this long")
     parser.add_argument("--max-frames", type=int, default=5000, help="refuse a plan with more frames than this")
+    parser.add_argument("--strictness", type=float, default=0.0,
+                        help="raise every threshold by this much after enrolling, as the Strictness page does")
     args = parser.parse_args(argv)
     if args.strangers is None:
         args.strangers = 2 * args.people
@@ -561,6 +564,10 @@ def main(argv: list[str] | None = None) -> dict:
                     raise SystemExit(f"no photo of {name} was accepted")
             enroll_s = time.monotonic() - started - ready_s
             print(f"enrolled {len(enrolled)} people in {enroll_s:.1f} s ({rejected} photos rejected)", file=sys.stderr)
+            if args.strictness:
+                answer = session.put(f"{server.url}/api/strictness", json={"strictness": args.strictness}, timeout=60)
+                if answer.status_code != 200:
+                    raise SystemExit(f"strictness {args.strictness} refused: {answer.text[:200]}")
 
             cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
             plan = plan_probes(args, enrolled, enrolled_photos, strangers)
@@ -589,6 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
         "detector": detector,
         "backbone": backbone,
         "threshold": status.get("threshold"),
+        "strictness": args.strictness,
         "people": args.people,
         "enroll": args.enroll,
         "strangers": args.strangers,
