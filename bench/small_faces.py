@@ -1,7 +1,7 @@
 """How small can a face be and still be recognised? CelebA faces pasted small, judged by the side of their box.
 
     python bench/small_faces.py [--sizes 30,34,40,56,80] [--probes 6] [--galleries 1,10,50] [--draws 150]
-                                [--people N] [--workers 2]
+                                [--people N] [--workers 2] [--save FILE.npz]
 
 For each CelebA person (FACES_TEST_DATA/celeba) with at least 4 photos, the first 3 are enrolled at full
 size (the app's enrollment: Recognizer.enrollment_faces, default model) and up to --probes others are cut
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--draws", type=int, default=150, help="random galleries a size")
     parser.add_argument("--people", type=int, default=0, help="only the first N people (0: all)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--save", type=Path, help="also write the rows (labels, kinds, sizes, sides, embeddings) here, .npz")
+    parser.add_argument("--save", type=Path,
+                        help="also write the rows (labels, kinds, sizes, sides, embeddings) to this .npz")
     args = parser.parse_args(argv)
     sizes = tuple(int(v) for v in args.sizes.split(","))
     galleries = [int(v) for v in args.galleries.split(",")]

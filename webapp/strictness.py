@@ -158,7 +158,8 @@ def _left_one_out(vectors, scores: _Scores, rule):
     sims = scores.sims[keep].copy()
     sims[np.arange(len(v)), col] = -np.inf
     rival = sims.argmax(axis=1)
-    return own_sim, own_limit, sims[np.arange(len(v)), rival], limits(rule, scores.counts, people, scores.centres)[rival]
+    rival_limit = limits(rule, scores.counts, people, scores.centres)[rival]
+    return own_sim, own_limit, sims[np.arange(len(v)), rival], rival_limit
 
 
 def _left_person_out(scores: _Scores, rule):

@@ -120,7 +120,8 @@ def nearest_openset(enrolled: NDArray[np.float32], enrolled_labels: NDArray[np.i
     from model.open_set import OpenSetRule
 
     ids, centres, counts = templates(enrolled, enrolled_labels)
-    limits = rule.thresholds(counts, templates=centres) if isinstance(rule, OpenSetRule) else np.full(len(ids), float(rule))
+    limits = (rule.thresholds(counts, templates=centres) if isinstance(rule, OpenSetRule)
+              else np.full(len(ids), float(rule)))
 
     def best(probes: NDArray[np.float32]) -> tuple[NDArray, NDArray, NDArray]:
         sims = probes @ centres.T
