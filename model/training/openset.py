@@ -9,8 +9,11 @@
 `--fpir` of strangers' photos get a name at every size: the threshold for a
 person with k photos is base[k] (simulated with one person enrolled) plus what
 each simulated size adds for k photos (in between, straight in ln(people); past
-200, the steepest straight line fitted over all sizes). It prints the rule as
-JSON (last line), for a head's sidecar ("open_set").
+200, the steepest straight line fitted over all sizes). Every threshold also
+carries the population term (`OpenSetRule`: POPULATION_WEIGHT x how like the
+mean of all these embeddings a template is), which the simulation applies as
+the app does, and the mean goes with the rule. It prints the rule as JSON
+(last line), for a head's sidecar ("open_set").
 
 `fused-head` builds the head that dlib-sface starts from: the top 128
 principal directions of the fused features (98% of their variance on CelebA),
