@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model import gallery_index
+from model import gallery_index, open_set
 from model.open_set import OpenSetRule
 
 
@@ -126,10 +126,7 @@ class _Decider:
         # Each corrected person may be passed over, so this many best candidates always hold the best two left.
         self.depth = 2 + corrected
         # What each person's template must reach, worked out once for every probe of this match.
-        if isinstance(threshold, OpenSetRule):
-            self.limits = threshold.thresholds(counts, templates=centres)
-        else:
-            self.limits = np.full(len(people), float(threshold))
+        self.limits = open_set.limits(threshold, counts, templates=centres)
 
     def limit(self, column: int) -> float:
         return float(self.limits[column])

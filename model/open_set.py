@@ -14,6 +14,7 @@ Calibrated per head by simulation (model.training.openset) and stored in its sid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,8 +59,12 @@ class OpenSetRule:
         """What each template [P, D] adds for looking like the population's mean face (0 without templates)."""
         if not self.population or not self.population_weight or templates is None:
             return 0.0
-        mean = np.asarray(self.population, dtype=np.float64)
-        return self.population_weight * (np.asarray(templates, dtype=np.float64) @ mean - mean @ mean)
+        return self.population_weight * (np.asarray(templates) @ self._mean - float(self._mean @ self._mean))
+
+    @cached_property
+    def _mean(self) -> NDArray[np.float32]:
+        """The population's mean face as an array, made once per rule (matching asks for it every frame)."""
+        return np.asarray(self.population, dtype=np.float32)
 
     def people_offsets(self, people: int) -> NDArray[np.float64]:
         """What `people` enrolled add to the threshold, per entry of `base`."""
@@ -78,3 +83,11 @@ class OpenSetRule:
         people = len(photo_counts) if people is None else people
         by_count = (np.asarray(self.base, dtype=np.float64) + self.people_offsets(people))[index]
         return by_count + self.crowd_offsets(templates)
+
+
+def limits(rule: float | OpenSetRule, photo_counts: NDArray[np.int64], people: int | None = None,
+           templates: NDArray[np.floating] | None = None) -> NDArray[np.float64]:
+    """What each person must reach under `rule`: a fixed similarity for all, or the OpenSetRule's thresholds."""
+    if isinstance(rule, OpenSetRule):
+        return rule.thresholds(photo_counts, people, templates)
+    return np.full(len(photo_counts), float(rule))

@@ -104,6 +104,7 @@ class Recognizer:
         self.weights_dir = weights_dir  # where head and weight files are read (None: model.paths.DEFAULT_WEIGHTS_DIR)
         # Added to every threshold of the rule (the user's own strictness; webapp.strictness), unless fixed.
         self.strictness = 0.0
+        self._parsed_rule: tuple[Head, OpenSetRule] | None = None
 
     @property
     def threshold(self) -> float:
@@ -123,8 +124,15 @@ class Recognizer:
         if self._threshold is not None:
             return self._threshold
         if self.head is not None and "open_set" in self.head.info:
-            return stricter(OpenSetRule.from_info(self.head.info["open_set"]), self.strictness)
+            return stricter(self._head_rule(self.head), self.strictness)
         return stricter(self.threshold, self.strictness)
+
+    def _head_rule(self, head: Head) -> OpenSetRule:
+        """The head's rule, read from its sidecar once per head (every frame's match asks for it)."""
+        parsed = self._parsed_rule  # read once: another thread may swap it (set_head)
+        if parsed is None or parsed[0] is not head:
+            parsed = self._parsed_rule = (head, OpenSetRule.from_info(head.info["open_set"]))
+        return parsed[1]
 
     @property
     def threshold_is_fixed(self) -> bool:

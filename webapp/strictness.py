@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model.gallery import templates
-from model.open_set import OpenSetRule
+from model.open_set import OpenSetRule, limits
 from model.recognizer import stricter
 from webapp.db import from_blob, transaction
 
@@ -80,15 +80,6 @@ def store(db: sqlite3.Connection, value: float) -> None:
 
 
 # --- what a choice would do -------------------------------------------------------------
-
-
-def limits(rule: float | OpenSetRule, counts: NDArray[np.int64], people: int,
-           centres: NDArray[np.floating] | None = None) -> NDArray[np.float64]:
-    """The similarity each person with counts[i] photos and template centres[i] (if given) must reach, in a
-    gallery of `people` people."""
-    if isinstance(rule, OpenSetRule):
-        return rule.thresholds(counts, people, centres)
-    return np.full(len(counts), float(rule))
 
 
 @dataclass(frozen=True)

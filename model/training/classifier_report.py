@@ -117,11 +117,10 @@ def nearest_openset(enrolled: NDArray[np.float32], enrolled_labels: NDArray[np.i
     :param enrolled: float32 [E, 128] unit embeddings of the enrolled photos, enrolled_labels [E] their people.
     """
     from model.gallery import templates
-    from model.open_set import OpenSetRule
+    from model.open_set import limits as rule_limits
 
     ids, centres, counts = templates(enrolled, enrolled_labels)
-    limits = (rule.thresholds(counts, templates=centres) if isinstance(rule, OpenSetRule)
-              else np.full(len(ids), float(rule)))
+    limits = rule_limits(rule, counts, templates=centres)
 
     def best(probes: NDArray[np.float32]) -> tuple[NDArray, NDArray, NDArray]:
         sims = probes @ centres.T

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from model import open_set
 from model.backbones import FusedBackbone, l2_normalise
 from model.gallery import templates
 from model.head import SHIPPED_HEADS_DIR, Head, save_head
@@ -112,8 +113,7 @@ def simulate_rule(embeddings: NDArray[np.float32], labels: NDArray[np.int64], ru
     enrolled people's other photos named right (DIR), under the rule."""
     named = strangers_seen = right = mated_seen = 0
     for ids, centres, strangers, mated in _draws(embeddings, labels, people, photos, seed):
-        limits = (rule.thresholds(np.full(len(ids), photos), templates=centres) if isinstance(rule, OpenSetRule)
-                  else np.full(len(ids), float(rule)))
+        limits = open_set.limits(rule, np.full(len(ids), photos), templates=centres)
         for rows, count_right in ((strangers, False), (mated, True)):
             best, margin = _best(embeddings[rows], centres, limits)
             accepted = margin >= 0
