@@ -338,6 +338,8 @@ def judge(probe: Probe, answer: dict | None, person_ids: dict[str, int]) -> dict
         "error": answer is None,
         "named_as": hit.get("name") if named else None,
         "similarity": hit.get("similarity") if hit is not None else None,
+        "margin": hit.get("margin") if hit is not None else None,
+        "reason": hit.get("reason") if hit is not None else None,
     }
 
 
@@ -518,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-frames", type=int, default=5000, help="refuse a plan with more frames than this")
     parser.add_argument("--strictness", type=float, default=0.0,
                         help="raise every threshold by this much after enrolling, as the Strictness page does")
+    parser.add_argument("--save", type=Path, default=None, help="write every probe's row to this JSON file")
     args = parser.parse_args(argv)
     if args.strangers is None:
         args.strangers = 2 * args.people
@@ -625,6 +628,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.monotonic() - started, 1),
         "stopped": stopped,
     }
+    if args.save is not None:
+        args.save.write_text(json.dumps(results))
     s = result["summary"]
     print(f"boxed at 30 px: {s['boxed_at_30px']}, named right at 40 px and more: {s['named_right_at_40px_and_more']}, "
           f"strangers named (worst condition): {s['strangers_named_max']}, all: {s['strangers_named_all']}; "
