@@ -37,10 +37,10 @@ so none is dropped); --parallel probes stream at once. The answer to the last
 frame counts, since the live path decides on tracks, from the evidence of all
 their frames. The tracker works in stream seconds (a frame's arrival time),
 not frames: it re-embeds a track every 0.2 s and names it once the embeddings'
-weight reaches 1, a face with a box side s under FACES_LIVE_FULL_FACE_PX (56)
-weighing (s / 56)^2. Frames sent back to back (--gap 0) are one embedding; the
+weight reaches 1, a face with a box side s under FACES_LIVE_FULL_FACE_PX (40)
+weighing (s / 40)^2. Frames sent back to back (--gap 0) are one embedding; the
 default 0.25 s makes each of the 3 frames count, a face in view for half a
-second, so a 40 px face is named on its third frame. A stream's first frame is
+second, so a face boxed 30 px is named on its second frame. A stream's first frame is
 searched at twice the size (FACES_LIVE_SEARCH_EVERY_S), as every 3 s of a
 real stream is. A face counts as
 boxed when an answered box overlaps its truth box with IoU >= 0.3 (the best-

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from model.detect import box_iou
+from model.detect import Face, box_iou
+from model.evidence import face_weight
 from model.gallery import Gallery
 from model.images import load_image
 from model.follow import follow_face
@@ -207,6 +208,16 @@ def test_a_small_face_is_named_once_enough_of_it_was_seen(recognizer, celeba_dir
     assert decisions[0] == (None, PENDING)  # the similarity is there, the evidence not yet
     assert decisions[3:] == [(7201, None)] * 7  # named from 0.2 s on, when the second embedding came
     assert len({f.track_id for f in faces_tracker.update(placed(photo, 200, 150), gallery, now=0.7)}) == 1
+
+
+def test_a_face_counts_in_its_evidence_by_its_shorter_side():
+    """1 from full_face_px up, (side / full_face_px)^2 below, never nothing."""
+    def sized(width, height):
+        return Face(np.array([10, 10, 10 + width, 10 + height], np.int32), np.zeros((5, 2), np.float32), 1.0)
+
+    assert face_weight(sized(40, 52), 40) == 1.0 and face_weight(sized(120, 120), 40) == 1.0
+    assert face_weight(sized(30, 40), 40) == pytest.approx(0.5625)  # two embeddings name a 30 px face
+    assert face_weight(sized(1, 1), 40) == 0.01
 
 
 def test_a_gallery_change_rematches_tracks_without_embedding_again(recognizer, celeba_dir, gallery):

@@ -121,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
         "looks out in proportion; 0: never",
     ),
     Setting(
-        "LIVE_FULL_FACE_PX", "FACES_LIVE_FULL_FACE_PX", 56.0, float,
+        "LIVE_FULL_FACE_PX", "FACES_LIVE_FULL_FACE_PX", 40.0, float,
         "live: a face this many pixels or more on its shorter side counts fully in its track's evidence; a "
         "smaller one (side / this)^2, so a small face needs more frames before it is named",
     ),
