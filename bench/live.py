@@ -20,8 +20,9 @@ Prints figures, then one JSON line: {"runs": [one object per client count: clien
 fps_min and fps_mean (answered frames per second of each client), fps_min_after_start (the slowest
 client's, counting frames sent from START_S seconds into the run: all cameras start at once, and each
 stream's first frames cost the most), p50_ms, p95_ms, p99_ms, server_p50_ms, answered, sent,
-camera_frames, errors, named_share (share of answers naming the person), given_fps_min (the lowest rate the server gave), busy (the last reason it gave, if any), cpu_percent (the server, 100 =
-one core), rss_mb], naive_fps, speedup (single run's fps_mean over naive_fps), start_s}.
+camera_frames, errors, named_share (share of answers naming the person), given_fps_min (the lowest rate
+the server gave), busy (the last reason it gave, if any), cpu_percent (the server, 100 = one core),
+rss_mb], naive_fps, speedup (single run's fps_mean over naive_fps), start_s}.
 """
 
 from __future__ import annotations
