@@ -284,8 +284,8 @@ def run_clients(base: str, headers: dict, frames: list[bytes], count: int, fps: 
     latencies = np.concatenate([c.latencies for c in clients])
     server_ms = np.concatenate([c.server_ms for c in clients])
     per_client = [len(c.latencies) / seconds for c in clients]
-    # The streams' first seconds (every camera starting at once: each first frame looks closer and embeds)
-    # apart from the rest, which is what the machine keeps up.
+    # Without the first START_S seconds, when every stream's first frames (a whole closer look, the first
+    # embeddings) come at once: the rate the machine keeps up.
     later = max(seconds - START_S, 1e-9)
     per_client_later = [sum(t >= START_S for t in c.answered_at) / later for c in clients]
     named = [n for c in clients for n in c.named]
