@@ -181,8 +181,8 @@ class Client:
 
     def run(self, seconds: float) -> None:
         """Be a camera for `seconds`: send the newest unsent camera frame whenever nothing is in flight."""
-        start = time.perf_counter() - self.phase  # its camera's clock ticks `phase` seconds out of step
-        self.started = start
+        self.started = time.perf_counter()
+        start = self.started - self.phase  # its camera's clock ticks `phase` seconds out of step
         last_index, tokens, filled = -1, 2.0, start
         period = 1.0 / self.fps
         while True:
