@@ -29,6 +29,13 @@ SEARCH_TILTS = (45.0, -45.0)
 TURNED_LARGEST = 0.4
 MERGE_INSIDE = 0.8
 MERGE_TILT_STEP = 10.0
+# A turned find stands in for the first find of a face only where it puts the eye line where that one did
+# (finds_agree): on the copy turned the wrong way (a face tilted 30 degrees then stands at 75) YuNet's points
+# still lean to level, so that find reads as the most upright of all while its eye line in the frame lies on the
+# other side of level. The first find's points lean to level too, but keep their side; finds on the right copy
+# put the eye line up to 51 degrees from the first find's (small faces, whose points lean the most).
+TURN_AGREES = 55.0
+LEVEL_DEG = 5.0  # a first find this close to level says nothing of the side
 
 
 @dataclass(frozen=True)
@@ -377,10 +384,28 @@ def found_rank(face: Face) -> tuple[int, float]:
 
 def found_tilt(face: Face) -> float:
     """How far the face's eye line was from level (degrees) on the copy it was found on; 0 without points."""
+    return 0.0 if face.keypoints is None else _degrees(eye_line(face) - face.turned)
+
+
+def eye_line(face: Face) -> float:
+    """The angle of the face's eye line in the frame (degrees, from its detector's points); 0 without points."""
     if face.keypoints is None:
         return 0.0
     dx, dy = face.keypoints[1] - face.keypoints[0]
-    return float((np.degrees(np.arctan2(dy, dx)) - face.turned + 180) % 360 - 180)
+    return float(np.degrees(np.arctan2(dy, dx)))
+
+
+def finds_agree(turned: Face, first: Face) -> bool:
+    """Whether a turned find puts the face's eye line where its first find did: within TURN_AGREES degrees,
+    and on the same side of level unless the first one is within LEVEL_DEG of level."""
+    a, b = eye_line(turned), eye_line(first)
+    same_side = abs(b) < LEVEL_DEG or a * b > 0
+    return same_side and abs(_degrees(a - b)) <= TURN_AGREES
+
+
+def _degrees(angle: float) -> float:
+    """The angle in -180..180."""
+    return float((angle + 180) % 360 - 180)
 
 
 def box_overlap(a: NDArray, b: NDArray) -> float:

@@ -54,7 +54,7 @@ from collections import deque
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detect import Face, found_rank
+from model.detect import Face, finds_agree, found_rank
 from model.evidence import Evidence, face_weight
 from model.follow import SCENE_SIZE, appearance, follow_face, scene
 from model.gallery import Gallery, Match
@@ -158,7 +158,7 @@ class FaceTracker:
         self._frames = self._searched_at = self._detected_at = 0  # frames seen; that count at the last look, detection
         self._scene: NDArray[np.float32] | None = None
         self._turns: list[float] = []  # the closer look's turned copies still to look at, one a frame
-        self._look_finds: dict[int, tuple] | None = None  # during a closer look: tracks found so far, their find's rank
+        self._look_finds: dict[int, tuple] | None = None  # during a closer look: tracks found so far, their best find's rank and their first find
         self._head = getattr(recognizer, "head", None)
         self._rematch = False
 
@@ -334,7 +334,8 @@ class FaceTracker:
 
     def _assign(self, faces: list[Face], now: float, found_at: int, *, turned: bool) -> set[int]:
         """Each face continues the track it overlaps or is near, or starts one; returns the ids of tracks found.
-        A turned find replaces a face found earlier in the same closer look only where it stood more upright."""
+        A turned find replaces a face found earlier in the same closer look only where it stood more upright and
+        puts the eye line where that find did (model.detect.finds_agree)."""
         found, taken_faces = set(), set()
         for ti, fi in pair_faces(self.tracks, faces, self.min_iou, self.max_jump):
             taken_faces.add(fi)
@@ -342,9 +343,9 @@ class FaceTracker:
             found.add(track.track_id)
             if self._look_finds is not None:
                 rank, earlier = found_rank(face), self._look_finds.get(track.track_id)
-                if turned and earlier is not None and earlier <= rank:
+                if turned and earlier is not None and (earlier[0] <= rank or not finds_agree(face, earlier[1])):
                     continue
-                self._look_finds[track.track_id] = rank
+                self._look_finds[track.track_id] = (rank, face if earlier is None else earlier[1])
             track.face, track.misses, track.at_detection = face, 0, face.box.copy()
             track.found_at = found_at
         for fi, face in enumerate(faces):
@@ -353,7 +354,7 @@ class FaceTracker:
                                          found_at=found_at))
                 found.add(self._next_id)
                 if self._look_finds is not None:
-                    self._look_finds[self._next_id] = found_rank(face)
+                    self._look_finds[self._next_id] = (found_rank(face), face)
                 self._next_id += 1
         return found
 
