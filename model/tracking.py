@@ -158,8 +158,7 @@ class FaceTracker:
         self._frames = self._searched_at = self._detected_at = 0  # frames seen; that count at the last look, detection
         self._scene: NDArray[np.float32] | None = None
         self._turns: list[float] = []  # the closer look's turned copies still to look at, one a frame
-        # During a closer look: each track found so far -> (its best find's rank, its first find in this look).
-        self._look_finds: dict[int, tuple] | None = None
+        self._look_finds: dict[int, tuple] | None = None  # in a closer look: track -> (best find's rank, first find)
         self._head = getattr(recognizer, "head", None)
         self._rematch = False
 
@@ -335,8 +334,7 @@ class FaceTracker:
 
     def _assign(self, faces: list[Face], now: float, found_at: int, *, turned: bool) -> set[int]:
         """Each face continues the track it overlaps or is near, or starts one; returns the ids of tracks found.
-        A turned find replaces a face found earlier in the same closer look only where it stood more upright and
-        puts the eye line where the look's first find of it did (model.detect.finds_agree)."""
+        A turned find replaces the closer look's earlier find only where more upright and agreeing (finds_agree)."""
         found, taken_faces = set(), set()
         for ti, fi in pair_faces(self.tracks, faces, self.min_iou, self.max_jump):
             taken_faces.add(fi)
