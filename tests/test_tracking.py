@@ -414,15 +414,24 @@ def test_a_still_face_is_followed_with_one_landmark_fit_and_a_moving_one_with_tw
     assert follow_face(recognizer.detector, still, gone) is None
 
 
-def test_a_settled_track_is_rechecked_without_the_mirrored_chip(recognizer, celeba_dir, gallery):
+def test_a_named_track_is_rechecked_without_the_mirrored_chip(recognizer, celeba_dir, gallery):
     frame = placed(portrait(celeba_dir, "celeb_7201", 1), 195)
-    for reembed_flip, expected in ((False, [(1, True), (1, True), (1, False)]), (True, [(1, True)] * 3)):
+    for reembed_flip, expected in ((False, [(1, True), (1, False), (1, False)]), (True, [(1, True)] * 3)):
         counting = CountingRecognizer(recognizer)
         faces_tracker = tracker(counting, reembed_flip=reembed_flip)
-        for k in range(40):  # 2.6 s: embedded when new, at 0.2 s (then settled) and at 2.2 s (reembed_s)
+        for k in range(40):  # 2.6 s: embedded when new (named on it), at 0.2 s (then settled) and at 2.2 s
             [face] = faces_tracker.update(frame, gallery, now=k / FPS)
             assert face.match.person_id == 7201, k
         assert counting.calls == expected, reembed_flip
+
+
+def test_a_track_short_of_a_name_is_rechecked_with_the_mirrored_chip(recognizer, celeba_dir, gallery):
+    counting = CountingRecognizer(recognizer)
+    faces_tracker = tracker(counting, full_face_px=200)  # the 108-px face weighs (108 / 200)^2, 0.29, a frame
+    frame = placed(portrait(celeba_dir, "celeb_7201", 1), 195)
+    names = [faces_tracker.update(frame, gallery, now=k / FPS)[0].match.person_id for k in range(16)]
+    assert names[0] is None and names[-1] == 7201
+    assert counting.calls == [(1, True)] * 4 + [(1, False)]  # named on the 4th (weight 1.17), then plain
 
 
 def test_a_settled_track_whose_plain_embedding_disagrees_starts_again_from_a_flipped_one(recognizer, celeba_dir,
@@ -433,7 +442,7 @@ def test_a_settled_track_whose_plain_embedding_disagrees_starts_again_from_a_fli
     stranger = placed(portrait(celeba_dir, "celeb_7205", 1), 195)
     for k in range(20):
         faces_tracker.update(known, gallery, now=k / FPS)
-    assert counting.calls == [(1, True), (1, True)]
+    assert counting.calls == [(1, True), (1, False)]
     [face] = faces_tracker.update(stranger, gallery, now=20 / FPS)
     assert face.match.person_id is None
     # In doubt and settled: the chip alone first, then, as it is someone else, with its mirror image.
