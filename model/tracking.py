@@ -1,44 +1,47 @@
 """Follow faces across the frames of one video stream, and decide who each face is from all of its frames.
 
-Time drives the work: `now` is each frame's stream time in seconds (the web app uses the time the frame arrived).
-A stream whose frames are dropped under load gets about the same detections per second of video, and its timed
-work (detections, closer looks, re-embeddings) also waits for the frames its interval holds at `full_rate_fps`,
-so its cost per frame does not grow. Its faces are predicted across the gaps, and its tracks survive them.
+Time drives the work: `now` is each frame's stream time in seconds (the web app uses the
+time the frame arrived). A stream whose frames are dropped under load gets about the same
+detections per second of video, and its timed work (detections, closer looks, re-embeddings)
+also waits for the frames its interval holds at `full_rate_fps`, so its cost per frame does not grow. Its faces
+are predicted across the gaps, and its tracks survive them.
 
 Per frame, `FaceTracker.update`:
 
 1. A frame of another size ends every track (its boxes belong to another picture).
-2. Follow: each box moves by its track's velocity over the time since the last frame, then the 5 landmarks are
-   refitted inside it (about 1 ms a face; again inside the moved box only when they moved,
-   model.follow.follow_face) and the box follows them.
-3. Look: a 24x24 grey picture of each face, placed from the landmarks, is compared with the one kept from its
-   last embedding. Below `change_corr` (another person at the same place scores at most about 0.7 on CelebA,
-   the same face moving about 1.0), or nothing there (a blank crop), the track is in doubt: its face left, or
-   someone else stands there.
-4. Detect, on a copy scaled to `max_side`, when a track is in doubt; when the picture changed outside the
-   tracked people (a grey 32x24 thumbnail against the one of the last detection) and `detect_every_s` passed,
-   or at once when much of it changed; and every `detect_still_s` anyway. Every `search_every_s` (and on a
-   stream's first frame) the detection looks at twice the size (upsample + 1): YuNet then boxes 87-97% of
-   30-56 px faces tilted 30-45 degrees instead of 8-43% (bench/wild.py's frames), for about 3x one detection's
-   time; YuNet's look then turns the frame 45 degrees each way, one turn on each of the next two frames
-   (`_detect`; a stream's first look all on its first frame, without the turns when every face it found is
-   within LEVEL_FIRST_DEG of level), for 95% of 30 px faces at 45, about 2x each. The pieces keep a frame's
-   wait short, looks of streams started together fall on different frames (`search_phase`), and a worker with
-   more than LOOK_STREAMS streams spaces each one's looks (and detections-anyway) further apart. A track only
-   such a look found is not missed by the plain ones in between.
-   A detection continues the track it overlaps, or one it is near (a face moves up to `max_jump` of its size
-   between frames). A track without a detection ends when it is in doubt, else after `max_misses` detections;
-   the other detections start tracks.
-5. Embed, in one batch, every track that is due: new and doubted tracks at once, the others every `recheck_s`
-   until their evidence settles, then every `reembed_s`; a named track's chip goes without its mirror image
-   unless that disagrees with its evidence (see FaceTracker._features).
-6. Decide on the track, not the frame: its unit embeddings are summed, each weighted by face size (1 from
-   `full_face_px` up, (side / full_face_px)^2 below; the oldest fade once the weight passes `evidence_cap`),
-   and the fused vector is matched. A name needs `name_evidence` of weight, so one small face never names
-   anybody, and one stray frame in a long track is outweighed by the rest. An embedding whose cosine to the
-   fused one is below the threshold is someone else: the evidence starts again from it. A face too small or
-   too blurred to recognise (Recognizer.unrecognisable) is not embedded in that frame; too small, it is never
-   named while it is, and blurred, it keeps the name its sharper frames gave it.
+2. Follow: each box moves by its track's velocity over the time since the last frame,
+   then the 5 landmarks are refitted inside it (about 1 ms a face; again inside the moved box only when
+   they moved, model.follow.follow_face) and the box follows them.
+3. Look: a 24x24 grey picture of each face, placed from the landmarks, is compared with the
+   one kept from its last embedding. Below `change_corr` (another person at the same place
+   scores at most about 0.7 on CelebA, the same face moving about 1.0), or nothing there (a
+   blank crop), the track is in doubt: its face left, or someone else stands there.
+4. Detect, on a copy scaled to `max_side`, when a track is in doubt; when the picture changed
+   outside the tracked people (a grey 32x24 thumbnail against the one of the last detection)
+   and `detect_every_s` passed, or at once when much of it changed; and every `detect_still_s`
+   anyway. Every `search_every_s` (and on a stream's first frame) the detection looks at
+   twice the size (upsample + 1): YuNet then boxes 87-97% of 30-56 px faces tilted 30-45
+   degrees instead of 8-43% (bench/wild.py's frames), for about 3x one detection's time; YuNet's
+   look then turns the frame 45 degrees each way, one turn on each of the next two frames (`_detect`;
+   a stream's first look all on its first frame), for 95% of 30 px faces at 45, about 2x each. The
+   pieces keep a frame's wait short, looks of streams started together fall on different frames
+   (`search_phase`), and a worker with more than LOOK_STREAMS streams spaces each one's looks (and
+   detections-anyway) further apart. A track only such a look
+   found is not missed by the plain ones in between. A detection continues the
+   track it overlaps, or one it is near (a face moves up to `max_jump` of its size between
+   frames). A track without a detection ends when it is in doubt, else after `max_misses`
+   detections; the other detections start tracks.
+5. Embed, in one batch, every track that is due: new and doubted tracks at once, the others
+   every `recheck_s` until their evidence settles, then every `reembed_s`; a named track's chip goes
+   without its mirror image unless that disagrees with its evidence (see FaceTracker._features).
+6. Decide on the track, not the frame: its unit embeddings are summed, each weighted by face
+   size (1 from `full_face_px` up, (side / full_face_px)^2 below; the oldest fade once the
+   weight passes `evidence_cap`), and the fused vector is matched. A name needs
+   `name_evidence` of weight, so one small face never names anybody, and one stray frame in a
+   long track is outweighed by the rest. An embedding whose cosine to the fused one is below
+   the threshold is someone else: the evidence starts again from it. A face too small or too
+   blurred to recognise (Recognizer.unrecognisable) is not embedded in that frame; too small, it
+   is never named while it is, and blurred, it keeps the name its sharper frames gave it.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from collections import deque
 import numpy as np
 from numpy.typing import NDArray
 
-from model.detect import Face, eye_line, finds_agree, found_rank
+from model.detect import Face, finds_agree, found_rank
 from model.evidence import Evidence, face_weight
 from model.follow import SCENE_SIZE, appearance, follow_face, scene
 from model.gallery import Gallery, Match
@@ -63,13 +66,14 @@ from model.tracks import Track, centre, moved, pair_faces
 # changed a lot (someone stepped in, the camera moved: detect at once) past SCENE_JUMP.
 SCENE_LEVEL, SCENE_SHARE, SCENE_JUMP = 12.0, 0.01, 0.05
 FULL_RATE_FPS = 15.0  # FaceTracker's full_rate_fps by default (see the module docstring)
-# Around a tracked face, this much (face widths: left, right, above, below) is its person, whose moving shoulders
-# and hair are no reason to look for new faces.
+# Around a tracked face, this much (in face widths: left, right, above, below) is taken as its person,
+# whose moving shoulders and hair are no reason to look for new faces.
 PERSON_MARGINS = (1.0, 1.0, 1.0, 2.0)
-VELOCITY_SMOOTHING = 0.5  # velocities are smoothed: the newest frame's counts this much
-# Closer looks of streams started together would fall on the same frames and hold up the worker's other streams
-# together: after its first, each tracker's looks are shifted by its own share of search_every_s (its serial
-# number's golden-ratio step, which spreads any number of trackers evenly).
+# Velocities are smoothed: the newest frame's counts this much.
+VELOCITY_SMOOTHING = 0.5
+# Closer looks of streams started together would fall on the same frames and hold up the worker's other
+# streams together: after its first, each tracker's looks are shifted by its own share of search_every_s
+# (its serial number's golden-ratio step, which spreads any number of trackers evenly).
 TRACKER_SERIALS = itertools.count()
 GOLDEN = (5 ** 0.5 - 1) / 2
 # Trackers on one recognizer share a worker (a recognizer never runs on two threads at once). Together they
@@ -79,9 +83,6 @@ GOLDEN = (5 ** 0.5 - 1) / 2
 # and settled re-embeddings, keep their pace: spacing the latter measured no faster on bench/live.py.)
 LOOK_STREAMS = 2
 STREAMS_WINDOW = 60
-# A face this near level is found straightest on the upright copy (a 45-degree turn leaves it at 25 or more), so
-# a stream's first look skips its turned copies when every face found stands so (its next look takes them).
-LEVEL_FIRST_DEG = 20.0
 _recent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # recognizer -> its last frames' trackers
 
 
@@ -186,8 +187,7 @@ class FaceTracker:
             self._detect(frame, now, self.upsample + 1 if search else self.upsample)
             self._last_detection, self._scene, self._detected_at = now, thumbnail, self._frames
             if search and self._last_search is None:  # a stream's first look is taken whole: nothing is tracked yet
-                level = self.tracks and all(abs(eye_line(t.face)) <= LEVEL_FIRST_DEG for t in self.tracks)
-                turns, self._turns = ([] if level else self._turns), []
+                turns, self._turns = self._turns, []
             if search:
                 self._searched(now)
         for turn in turns:

@@ -97,17 +97,13 @@ def test_empty_frames_give_no_faces(detector):
         assert detector.detect_turned(frame) == []
 
 
-def new_tracker(detector, search_every_s=3.0) -> FaceTracker:
+def tracker_faces(detector, frames, search_every_s=3.0):
     from fakes import FakeBackbone
 
     from model.recognizer import Recognizer
 
-    return FaceTracker(Recognizer(FakeBackbone(), detector=detector).load(), max_side=640,
-                       search_every_s=search_every_s)
-
-
-def tracker_faces(detector, frames, search_every_s=3.0):
-    tracker = new_tracker(detector, search_every_s)
+    tracker = FaceTracker(Recognizer(FakeBackbone(), detector=detector).load(), max_side=640,
+                          search_every_s=search_every_s)
     return [[r.face for r in tracker.update(frame, Gallery(dim=128), now=i / 15)] for i, frame in enumerate(frames)]
 
 
@@ -183,16 +179,3 @@ def test_a_turned_find_agrees_only_on_the_first_finds_side_of_level():
     assert not finds_agree(find(44, turned=45), find(-20))  # the wrong copy: level there, the other side here
     assert not finds_agree(find(-80, turned=-45), find(-20))  # the same side, but too far off
     assert finds_agree(find(40, turned=45), find(2))  # a first find about level says no side
-
-
-def test_a_streams_first_look_skips_the_turned_copies_when_every_face_it_found_is_level(detector, celeba_dir):
-    photo = portrait(celeba_dir, "celeb_7201")
-    empty = np.full((480, 640, 3), 90, np.uint8)
-    for frame, pieces in ((tilted_frame(photo, 120, 0)[0], 1), (tilted_frame(photo, 120, 30)[0], 3), (empty, 3)):
-        tracker = new_tracker(detector)
-        detections = []
-        for i in range(3):  # the same frame again: no reason for a plain detection
-            tracker.update(frame, Gallery(dim=128), now=i / 15)
-            detections.append(tracker.detections)
-        assert detections == [pieces] * 3  # the level face's turned copies are not left to the next frames either
-        assert len(tracker.tracks) == (frame is not empty)
