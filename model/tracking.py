@@ -414,8 +414,8 @@ class FaceTracker:
     def _features(self, frame: NDArray[np.uint8], due: list[Track]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Features and embeddings of the tracks' faces, a batch for each kind. A named track's chip (evidence of
         name_evidence or more) goes without its mirror image (half the cost; on CelebA the two embeddings' cosine
-        is at least 0.988), and
-        again with it when that embedding disagrees with its evidence: new evidence starts from a flipped one."""
+        is at least 0.988), and again with it when that embedding disagrees with its evidence: new evidence starts
+        from a flipped one."""
         plain = [] if self.reembed_flip else [i for i, t in enumerate(due) if t.evidence.weight >= self.name_evidence]
         flipped = [i for i in range(len(due)) if i not in plain]
         rows = [(group, self.recognizer.features(frame, [due[i].face for i in group], **options))
