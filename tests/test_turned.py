@@ -55,14 +55,7 @@ def test_a_small_face_tilted_45_degrees_is_found_only_on_a_turned_copy(detector,
     # (cv2 turns counter-clockwise, so the line from the image-left eye rises: a negative angle, y down).
     eyes = faces[0].keypoints[:2]
     assert np.all((eyes >= truth[:2] - 3) & (eyes <= truth[2:] + 3))
-    assert abs(eye_line_deg(faces[0]) + angle) < 15
-
-
-def eye_line_deg(face: Face) -> float:
-    """The angle of the line from the image-left eye to the other (degrees; y down, so a face cv2 turned by
-    +A degrees, counter-clockwise, gives about -A)."""
-    (dx, dy) = face.keypoints[1] - face.keypoints[0]
-    return float(np.degrees(np.arctan2(dy, dx)))
+    assert abs(eye_line(faces[0]) + angle) < 15
 
 
 @pytest.mark.parametrize("angle,scale", [(30, 1.0), (-30, 1.0), (30, 0.5)])
@@ -74,7 +67,7 @@ def test_turned_back_faces_land_on_the_face_with_its_points(detector, celeba_dir
     assert np.linalg.norm((turned.box[:2] + turned.box[2:]) / 2 - centre) < 16  # a box holds some forehead
     assert abs(turned.width / 107 - 1) < 0.2
     # Found upright, the points follow the face's tilt when turned back.
-    assert abs(eye_line_deg(turned) + angle) < 8
+    assert abs(eye_line(turned) + angle) < 8
     assert np.all((turned.landmarks >= truth[:2]) & (turned.landmarks <= truth[2:]))
 
 
