@@ -51,6 +51,19 @@ def test_calibration_holds_strangers_to_the_target_at_every_size(monkeypatch):
         assert found["dir"] > 0.5, (people, found)
 
 
+def test_extra_raises_every_threshold_of_the_rule_and_not_the_table(monkeypatch):
+    monkeypatch.setattr(openset, "DRAWS", 20)
+    monkeypatch.setattr(openset, "PROBES_PER_DRAW", 100)
+    monkeypatch.setattr(openset, "CALIBRATION_SIZES", (1, 3, 10))
+    embeddings, labels = clustered(people=40, photos=8, dim=24, seed=2)
+    plain, plain_table = openset.calibrate(embeddings, labels, fpir=0.02)
+    raised, raised_table = openset.calibrate(embeddings, labels, fpir=0.02, extra=0.004)
+    assert raised_table == plain_table
+    for people in (1, 2, 3, 10, 40):
+        counts = np.array([1, 2, 3, 4, 5])
+        assert raised.thresholds(counts, people) - plain.thresholds(counts, people) == pytest.approx([0.004] * 5)
+
+
 def test_a_template_like_the_population_mean_face_must_reach_more():
     mean = np.array([0.6, 0.0, 0.0])
     rule = OpenSetRule(base=(0.7,), per_log_people=0.0, population=tuple(mean), population_weight=0.5)
